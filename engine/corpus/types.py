@@ -1,0 +1,91 @@
+"""Types shared by every part of the engine. Times are in seconds; fps is stored per motion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Annotation:
+    """A labelled moment inside a motion."""
+
+    text: str
+    start_s: float
+    end_s: float
+    seg_id: str = ""
+    # Free-form label fields (e.g. BABEL act_cat, Bandai content/style, synthetic action name).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+@dataclass
+class Motion:
+    """One untrimmed motion on the canonical skeleton.
+
+    `joints` is (n_frames, 22, 3) in metres, y-up, at `fps`. `features` is the HumanML3D 263-dim
+    representation, (n_frames - 1, 263), computed from `joints` when not given.
+    `name` is the motion's unique key in a corpus (e.g. "bandai/dataset-2_walk_normal_001").
+    """
+
+    name: str
+    source: str
+    fps: float
+    joints: np.ndarray | None = None
+    features: np.ndarray | None = None
+    annotations: list[Annotation] = field(default_factory=list)
+    split: str | None = None
+    path: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    motion_id: int | None = None  # assigned by the store
+
+    @property
+    def n_frames(self) -> int:
+        if self.joints is not None:
+            return int(self.joints.shape[0])
+        if self.features is not None:
+            return int(self.features.shape[0]) + 1
+        raise ValueError(f"motion {self.name!r} has neither joints nor features")
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_frames / self.fps
+
+
+@dataclass
+class Chunk:
+    """A fixed-length window of a motion, the unit the retrieval index stores."""
+
+    chunk_id: int
+    motion_id: int
+    start_s: float
+    end_s: float
+
+
+@dataclass
+class Moment:
+    """A search result: a span of one motion with its scores."""
+
+    motion_id: int
+    source: str
+    start_s: float
+    end_s: float
+    score: float
+    p_se: float
+    r: float
+    label: str | None = None
+    name: str = ""
+
+
+class CorpusError(ValueError):
+    """Bad input: the message names the file/record and the problem."""
+
+    def __init__(self, where: str, problem: str):
+        super().__init__(f"{where}: {problem}")
+        self.where = where
+        self.problem = problem
