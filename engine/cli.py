@@ -1,0 +1,207 @@
+"""The `engine` command line: one Typer sub-app per area.
+
+Heavy imports (numpy, torch, faiss, sqlalchemy) live inside command bodies so `engine --help` is instant.
+Data output has `--json`; errors go to stderr with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Search engine for human motion: find the moments a sentence describes.",
+                  no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Build and inspect motion corpora.", no_args_is_help=True)
+import_app = typer.Typer(help="Import motion data into a corpus directory (appends).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+data_app.add_typer(import_app, name="import")
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print an error to stderr and exit non-zero."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _progress(description: str, total: int | None = None):
+    """A rich progress bar on stderr (hidden when stderr is not a terminal and CI is quiet)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=Console(stderr=True), transient=False,
+                    disable=not sys.stderr.isatty())
+    return prog
+
+
+def _store_import(out: Path, motions, skip_bad: bool, as_json: bool, description: str,
+                  total: int | None = None, url: str | None = None, extra_bad: list[str] | None = None) -> None:
+    """Feed motions into the store at `out`, with progress; print the report."""
+    import time
+
+    from engine.corpus.store import CorpusStore
+    from engine.corpus.types import CorpusError
+
+    t0 = time.perf_counter()
+    store = CorpusStore.open(out, url=url)
+    try:
+        with _progress(description) as prog:
+            task = prog.add_task(description, total=total)
+            report = store.add_motions(motions, skip_bad=skip_bad, progress=lambda n: prog.advance(task, n))
+        stats = store.stats().to_dict()
+    except CorpusError as e:
+        fail(f"{e}\n(nothing of the failing batch was stored; use --skip-bad to import the rest)")
+    finally:
+        store.close()
+    bad = (extra_bad or []) + report.bad
+    result = {"corpus": str(out), "added": report.added, "skipped_existing": report.skipped_existing,
+              "bad": bad, "seconds": round(time.perf_counter() - t0, 2), "corpus_stats": stats}
+    if as_json:
+        print_json(result)
+    else:
+        typer.echo(f"{out}: added {report.added}, already present {report.skipped_existing}, "
+                   f"skipped bad {len(bad)} in {result['seconds']} s; corpus now {stats['motions']} motions, "
+                   f"{stats['annotations']} annotations, {stats['duration_s'] / 60:.1f} min")
+        for b in bad:
+            typer.echo(f"skipped: {b}", err=True)
+
+
+# ---------------------------------------------------------------------------------------------- data
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., "--out", help="Corpus directory to create or append to."),
+    preset: str = typer.Option("demo", help="tiny | small | demo | large | scale"),
+    seed: int = typer.Option(0, help="Random seed (same seed, same corpus)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Override the preset's number of motions."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Generate the built-in procedural corpus (40+ actions, untrimmed 10-120 s sequences)."""
+    import dataclasses
+
+    from engine.corpus import synth
+
+    if preset not in synth.PRESETS:
+        fail(f"unknown preset {preset!r}; choose from {', '.join(synth.PRESETS)}")
+    config = synth.PRESETS[preset]
+    if n is not None:
+        if n <= 0:
+            fail("--n must be positive")
+        config = dataclasses.replace(config, n_motions=n)
+    _store_import(out, synth.generate(config, seed=seed), False, as_json,
+                  f"synth {preset}", total=config.n_motions)
+
+
+@import_app.command("bvh")
+def import_bvh(
+    paths: list[Path] = typer.Argument(..., help="BVH files (.bvh, .bvh.gz) or folders to walk."),
+    out: Path = typer.Option(..., "--out", help="Corpus directory to create or append to."),
+    preset: str = typer.Option("auto", help="Skeleton preset: auto | bandai | cmu131 | cmu135."),
+    map_file: Optional[Path] = typer.Option(None, "--map", help="Custom joint map JSON (see data/README.md)."),
+    source: Optional[str] = typer.Option(None, help="Source name stored with each motion (default: by preset)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Report bad files and import the rest."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Import BVH motion capture (any skeleton, retargeted to the canonical 22 joints at 20 fps)."""
+    from engine.corpus import bvh
+
+    for p in paths:
+        if not p.exists():
+            fail(f"{p}: no such file or directory")
+    errors: list[str] = []
+    motions = bvh.iter_bvh_motions(paths, preset=str(map_file) if map_file else preset, source=source,
+                                   skip_bad=skip_bad, errors=errors)
+    _store_import(out, motions, skip_bad, as_json, "import bvh", extra_bad=errors)
+
+
+@data_app.command("compose")
+def data_compose(
+    out: Path = typer.Option(..., "--out", help="Corpus directory to create or append to."),
+    root: Path = typer.Option(Path("../shared/data/bandai-namco"), help="The Bandai Namco dataset folder."),
+    seed: int = typer.Option(0),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of composed sequences (default: all clips used)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Compose the real-motion benchmark: untrimmed sequences of labelled Bandai Namco clips."""
+    from engine.corpus import compose
+
+    if not root.is_dir():
+        fail(f"{root}: no such folder (point --root at the Bandai Namco dataset with set1/ and set2/)")
+    _store_import(out, compose.compose_bandai(root, seed=seed, n_motions=n), False, as_json,
+                  "compose bandai", total=n)
+
+
+@data_app.command("stats")
+def data_stats(
+    corpus: Path = typer.Argument(..., help="Corpus directory."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Counts and durations of a corpus."""
+    from engine.corpus.store import CorpusStore
+
+    try:
+        store = CorpusStore.open(corpus, create=False)
+    except FileNotFoundError as e:
+        fail(str(e))
+    st = store.stats().to_dict()
+    store.close()
+    if as_json:
+        print_json(st)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=str(corpus))
+    t.add_column("key")
+    t.add_column("value", justify="right")
+    for k, v in st.items():
+        t.add_row(k, json.dumps(v) if isinstance(v, dict) else str(v))
+    Console().print(t)
+
+
+@data_app.command("show")
+def data_show(
+    corpus: Path = typer.Argument(..., help="Corpus directory."),
+    motion: str = typer.Argument(..., help="Motion id or name."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """One motion's metadata and annotations."""
+    from engine.corpus.store import CorpusStore
+
+    try:
+        store = CorpusStore.open(corpus, create=False)
+    except FileNotFoundError as e:
+        fail(str(e))
+    try:
+        mid = int(motion) if motion.isdigit() else store.motion_id(motion)
+        m = store.get_motion(mid, arrays=False)
+    except KeyError as e:
+        fail(f"{corpus}: {e.args[0]}")
+    finally:
+        store.close()
+    info = {"motion_id": m.motion_id, "name": m.name, "source": m.source, "path": m.path, "fps": m.fps,
+            "split": m.split, "duration_s": m.meta["_duration_s"],
+            "meta": {k: v for k, v in m.meta.items() if not k.startswith("_")},
+            "annotations": [{"seg_id": a.seg_id, "text": a.text, "start_s": a.start_s, "end_s": a.end_s,
+                             **({"extra": a.extra} if a.extra else {})} for a in m.annotations]}
+    if as_json:
+        print_json(info)
+        return
+    typer.echo(f"#{m.motion_id} {m.name} [{m.source}, {m.split}] {info['duration_s']:.2f} s @ {m.fps:g} fps  {m.path}")
+    for a in m.annotations:
+        typer.echo(f"  {a.start_s:8.2f} - {a.end_s:8.2f} s  {a.text}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
