@@ -408,13 +408,19 @@ class CorpusStore:
         return self._arrays(f, r)[1]
 
     def joints(self, motion_id: int) -> np.ndarray:
-        """(n_frames, 22, 3) float32, recovered from the features when the import had none."""
+        """(n_frames, 22, 3) float32.
+
+        For a motion imported as features only, the joints are recovered from them (one frame per
+        feature row) and the last frame is extrapolated linearly from the two before it.
+        """
         f, r = self._locate(motion_id)
         j, feats = self._arrays(f, r)
         if j is None:
             from engine.corpus.features import features_to_joints
 
-            j = features_to_joints(feats).astype(np.float32)
+            j = features_to_joints(feats).astype(np.float32)  # (T-1, J, 3)
+            last = j[-1:] + (j[-1:] - j[-2:-1]) if len(j) > 1 else j[-1:]
+            j = np.concatenate([j, last], axis=0)  # (T, J, 3)
         return j
 
     def annotations(self, motion_id: int) -> list[Annotation]:
