@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -62,6 +61,8 @@ def _store_import(out: Path, motions, skip_bad: bool, as_json: bool, description
     finally:
         store.close()
     bad = (extra_bad or []) + report.bad
+    if bad and report.added == 0 and report.skipped_existing == 0:
+        fail("nothing imported:\n" + "\n".join(bad))
     result = {"corpus": str(out), "added": report.added, "skipped_existing": report.skipped_existing,
               "bad": bad, "seconds": round(time.perf_counter() - t0, 2), "corpus_stats": stats}
     if as_json:
@@ -80,7 +81,7 @@ def data_synth(
     out: Path = typer.Option(..., "--out", help="Corpus directory to create or append to."),
     preset: str = typer.Option("demo", help="tiny | small | demo | large | scale"),
     seed: int = typer.Option(0, help="Random seed (same seed, same corpus)."),
-    n: Optional[int] = typer.Option(None, "--n", help="Override the preset's number of motions."),
+    n: int | None = typer.Option(None, "--n", help="Override the preset's number of motions."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Generate the built-in procedural corpus (40+ actions, untrimmed 10-120 s sequences)."""
@@ -104,8 +105,8 @@ def import_bvh(
     paths: list[Path] = typer.Argument(..., help="BVH files (.bvh, .bvh.gz) or folders to walk."),
     out: Path = typer.Option(..., "--out", help="Corpus directory to create or append to."),
     preset: str = typer.Option("auto", help="Skeleton preset: auto | bandai | cmu131 | cmu135."),
-    map_file: Optional[Path] = typer.Option(None, "--map", help="Custom joint map JSON (see data/README.md)."),
-    source: Optional[str] = typer.Option(None, help="Source name stored with each motion (default: by preset)."),
+    map_file: Path | None = typer.Option(None, "--map", help="Custom joint map JSON (see data/README.md)."),
+    source: str | None = typer.Option(None, help="Source name stored with each motion (default: by preset)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Report bad files and import the rest."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -121,12 +122,138 @@ def import_bvh(
     _store_import(out, motions, skip_bad, as_json, "import bvh", extra_bad=errors)
 
 
+@import_app.command("arrays")
+def import_arrays(
+    annotations: Path = typer.Argument(..., help="Annotations JSON: {keyid: {path, duration, annotations: [...]}}."),
+    out: Path = typer.Option(..., "--out", help="Corpus directory to create or append to."),
+    motions: Path | None = typer.Option(None, help="Folder of .npy files (default: beside the JSON)."),
+    source: str = typer.Option("arrays", help="Source name stored with each motion."),
+    fps: float | None = typer.Option(None, help="Frame rate when the JSON gives none (default 20)."),
+    layout: str = typer.Option("auto", help="auto | joints | features"),
+    splits: Path | None = typer.Option(None, help="Folder of train.txt/val.txt/test.txt keyid lists."),
+    drop_unlabelled: bool = typer.Option(False, "--drop-unlabelled", help="Skip motions with no annotations."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Report bad records and import the rest."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Import .npy joints (T x 22 x 3) or 263-features (T x 263) with annotations in the unified schema."""
+    from engine.corpus.arrays import iter_array_motions
+
+    errors: list[str] = []
+    it = iter_array_motions(annotations, motions_dir=motions, source=source, fps=fps, layout=layout,
+                            splits_dir=splits, keep_unlabelled=not drop_unlabelled, skip_bad=skip_bad,
+                            errors=errors)
+    _store_import(out, it, skip_bad, as_json, "import arrays", extra_bad=errors)
+
+
+@import_app.command("babel")
+def import_babel(
+    babel_dir: Path = typer.Argument(..., help="Folder with train.json, val.json (and extra_*.json)."),
+    motions: Path = typer.Option(..., help="Folder of joint/263-feature .npy files keyed by the AMASS path."),
+    out: Path = typer.Option(..., "--out"),
+    files: str | None = typer.Option(None, help="Comma-separated BABEL files (default: train,val)."),
+    label: str = typer.Option("raw_label", help="raw_label | proc_label"),
+    keep_transitions: bool = typer.Option(False, "--keep-transitions"),
+    no_seq_fallback: bool = typer.Option(False, "--no-seq-fallback", help="Skip sequences whose frame_ann is null."),
+    layout: str = typer.Option("auto"),
+    fps: float = typer.Option(20.0),
+    source: str = typer.Option("babel"),
+    skip_bad: bool = typer.Option(False, "--skip-bad"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Import BABEL frame-level labels with motions from a folder keyed by feat_p."""
+    from engine.corpus.babel import iter_babel_motions
+
+    errors: list[str] = []
+    it = iter_babel_motions(babel_dir, motions, files=files.split(",") if files else None, label_field=label,
+                            keep_transitions=keep_transitions, seq_fallback=not no_seq_fallback, layout=layout,
+                            fps=fps, source=source, skip_bad=skip_bad, errors=errors)
+    _store_import(out, it, skip_bad, as_json, "import babel", extra_bad=errors)
+
+
+@import_app.command("humanml3d")
+def import_humanml3d(
+    root: Path = typer.Argument(..., help="HumanML3D folder (index.csv, texts/)."),
+    out: Path = typer.Option(..., "--out"),
+    motions: Path | None = typer.Option(None, help="Full-sequence joints/features keyed by AMASS path."),
+    amass: Path | None = typer.Option(None, help="AMASS root (to find renamed dataset folders)."),
+    no_mirror: bool = typer.Option(False, "--no-mirror", help="Do not add left-right mirrored motions."),
+    max_moment_ratio: float = typer.Option(0.8, help="Drop moments longer than this fraction of the motion."),
+    split_fractions: str = typer.Option("0.8,0.05,0.15", help="train,val,test fractions (by source motion)."),
+    seed: int = typer.Option(0),
+    keep_offset_frames: bool = typer.Option(False, "--keep-offset-frames"),
+    layout: str = typer.Option("auto"),
+    fps: float = typer.Option(20.0),
+    source: str = typer.Option("humanml3d"),
+    skip_bad: bool = typer.Option(False, "--skip-bad"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Import HumanML3D (Restore): crops grouped into untrimmed source motions."""
+    from engine.corpus.humanml3d import iter_humanml3d_motions
+
+    try:
+        fr = tuple(float(x) for x in split_fractions.split(","))
+        assert len(fr) == 3
+    except (ValueError, AssertionError):
+        fail(f"--split-fractions {split_fractions!r}: expected three comma-separated numbers")
+    errors: list[str] = []
+    it = iter_humanml3d_motions(root, motions_dir=motions, layout=layout, fps=fps, amass_root=amass,
+                                max_moment_ratio=max_moment_ratio, mirror=not no_mirror, split_fractions=fr,
+                                seed=seed, trim_offsets=not keep_offset_frames, source=source,
+                                skip_bad=skip_bad, errors=errors)
+    _store_import(out, it, skip_bad, as_json, "import humanml3d", extra_bad=errors)
+
+
+@import_app.command("amass")
+def import_amass(
+    paths: list[Path] = typer.Argument(..., help="AMASS .npz files or folders."),
+    body_model: Path = typer.Option(..., "--body-model", help="SMPL+H / SMPL-X model folder (smplx layout)."),
+    out: Path = typer.Option(..., "--out"),
+    fps: float = typer.Option(20.0),
+    resample: str = typer.Option("nearest", help="nearest | humanml3d"),
+    source: str = typer.Option("amass"),
+    split: str | None = typer.Option(None),
+    skip_bad: bool = typer.Option(False, "--skip-bad"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Import AMASS SMPL-H parameter files through smplx (needs the body model)."""
+    from engine.corpus.amass import iter_amass_motions
+
+    errors: list[str] = []
+    it = iter_amass_motions(paths, body_model, fps=fps, resample=resample, source=source, split=split,
+                            skip_bad=skip_bad, errors=errors)
+    _store_import(out, it, skip_bad, as_json, "import amass", extra_bad=errors)
+
+
+@data_app.command("amass-joints")
+def data_amass_joints(
+    amass_dir: Path = typer.Argument(..., help="AMASS root folder."),
+    body_model: Path = typer.Option(..., "--body-model"),
+    out: Path = typer.Option(..., "--out", help="Folder for joint .npy files keyed by AMASS path."),
+    resample: str = typer.Option("humanml3d"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    skip_bad: bool = typer.Option(False, "--skip-bad"),
+) -> None:
+    """Export AMASS joints as .npy files (the motions folder BABEL and HumanML3D imports read)."""
+    from engine.corpus.amass import export_joints
+    from engine.corpus.types import CorpusError
+
+    errors: list[str] = []
+    try:
+        written = export_joints(amass_dir, body_model, out, resample=resample, overwrite=overwrite,
+                                skip_bad=skip_bad, errors=errors)
+    except (CorpusError, FileNotFoundError, ImportError) as e:
+        fail(str(e))
+    typer.echo(f"wrote {len(written)} files to {out}")
+    for e in errors:
+        typer.echo(f"skipped: {e}", err=True)
+
+
 @data_app.command("compose")
 def data_compose(
     out: Path = typer.Option(..., "--out", help="Corpus directory to create or append to."),
     root: Path = typer.Option(Path("../shared/data/bandai-namco"), help="The Bandai Namco dataset folder."),
     seed: int = typer.Option(0),
-    n: Optional[int] = typer.Option(None, "--n", help="Number of composed sequences (default: all clips used)."),
+    n: int | None = typer.Option(None, "--n", help="Number of composed sequences (default: all clips used)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compose the real-motion benchmark: untrimmed sequences of labelled Bandai Namco clips."""
