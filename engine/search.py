@@ -1,0 +1,247 @@
+"""Corpus-level moment retrieval: text -> FAISS top chunks -> top-k motions -> MLP localizer -> ranked moments.
+
+`Searcher(index_dir).search("kung fu pose", k=200, lam=5.0, limit=10)` is the one function the CLI (and
+HTTP) call. The ranking score of a moment is `p_se * exp(lam * r)` where `r` is the motion's best chunk
+similarity and `p_se` the localizer's joint start/end probability.
+
+Exact top-n pruning: because `p_se <= 1`, a motion whose `exp(lam * r)` is below the n-th best score
+found so far cannot enter the top n. Motions are localized in order of decreasing r, in batches, and the
+loop stops when no remaining motion can enter. The result equals localizing all k motions (oracle test).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.corpus.types import Moment
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 512
+
+
+@dataclass
+class Candidate:
+    """A moment before it becomes a `Moment`: motion rank in the r order, span, probabilities."""
+
+    motion_id: int
+    start_s: float
+    end_s: float
+    p_se: float
+    r: float
+    score: float
+    order: int  # position of the motion in the r-sorted list (tie-break)
+
+
+@dataclass
+class RankStats:
+    """What the ranking loop did: how many of the k motions it localized, and in how many batches."""
+
+    k: int
+    localized: int
+    batches: int
+    pruned: bool
+
+
+# A localize function: motion ids (a batch) -> for each, a list of (start_s, end_s, p_se).
+LocalizeFn = Callable[[Sequence[int]], list[list[tuple[float, float, float]]]]
+
+
+def rank_moments(
+    motion_ids: Sequence[int],
+    r: Sequence[float],
+    localize: LocalizeFn,
+    lam: float,
+    limit: int | None,
+    batch_size: int = 32,
+    prune: bool = True,
+    keep: Callable[[int, float, float], bool] | None = None,
+) -> tuple[list[Candidate], RankStats]:
+    """Score the moments of motions (sorted by decreasing r) and return the best `limit` of them.
+
+    `keep(motion_id, start_s, end_s)` filters candidate moments (e.g. by length). With `prune`, the loop
+    stops as soon as `exp(lam * r_next) < n-th best score`: since p_se <= 1 nothing after can enter.
+    Ties are broken by the motion's r order, then by start time, so pruned and exhaustive runs agree.
+    """
+    r = np.asarray(r, dtype=np.float64)
+    if len(r) > 1 and np.any(np.diff(r) > 1e-12):
+        raise ValueError("rank_moments: motions must be sorted by decreasing r")
+    cands: list[Candidate] = []
+    kth = -math.inf
+    localized = batches = 0
+    for b0 in range(0, len(motion_ids), batch_size):
+        if prune and limit is not None and len(cands) >= limit and math.exp(lam * r[b0]) < kth:
+            break
+        ids = list(motion_ids[b0: b0 + batch_size])
+        spans = localize(ids)
+        batches += 1
+        localized += len(ids)
+        for j, (mid, moments) in enumerate(zip(ids, spans)):
+            weight = math.exp(lam * float(r[b0 + j]))
+            for start_s, end_s, p_se in moments:
+                if keep is not None and not keep(mid, start_s, end_s):
+                    continue
+                cands.append(Candidate(int(mid), float(start_s), float(end_s), float(p_se), float(r[b0 + j]),
+                                       float(p_se) * weight, b0 + j))
+        cands.sort(key=lambda c: (-c.score, c.order, c.start_s))
+        if limit is not None:
+            del cands[limit:]
+            if len(cands) >= limit:
+                kth = cands[-1].score
+    return cands, RankStats(k=len(motion_ids), localized=localized, batches=batches, pruned=prune)
+
+
+@dataclass
+class SearchResult:
+    query: str
+    moments: list[Moment]
+    k: int
+    lam: float
+    localized: int
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def validate_query(text: str) -> str:
+    if text is None or not text.strip():
+        raise ValueError("empty query: type what the motion should show, e.g. \"kung fu pose\"")
+    if len(text) > MAX_QUERY_CHARS:
+        raise ValueError(f"query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}")
+    return text.strip()
+
+
+class Searcher:
+    """Loads an index (verified), its retrieval model, the localizer and the corpus once; answers queries.
+
+    Thread-safe for concurrent `search` calls (torch inference is re-entrant; caches are append-only dicts).
+    """
+
+    def __init__(self, index_dir: str | Path, localizer: str | Path | None = None, corpus: str | Path | None = None,
+                 device: str = "cpu", bf16: bool = False):
+        from engine.corpus.store import CorpusStore
+        from indexer.build import open_index
+        from indexer.model import load_retrieval
+        from localizer.infer import Localizer
+
+        self.index_dir = Path(index_dir)
+        self.index = open_index(self.index_dir, device=device)
+        man = self.index.manifest
+        cfg = man.config
+        model_path = cfg.get("model_path") or man.extra.get("model_path")
+        self.retrieval = load_retrieval(model_path, device=device)
+        loc_path = localizer or cfg.get("localizer_path") or man.extra.get("localizer_path")
+        if not loc_path:
+            raise FileNotFoundError(f"{self.index_dir}: the index names no localizer; pass one")
+        self.localizer = Localizer.load(loc_path, device=device, bf16=bf16)
+        corpus_dir = corpus or man.extra.get("corpus_dir") or cfg.get("corpus")
+        self.store = CorpusStore.open(corpus_dir, create=False)
+        self.meta = {row["motion_id"]: row for row in self.store.motion_table()}
+        self._cached = self.index.motion_features() if hasattr(self.index, "motion_features") else None
+        self._encoded: dict[int, object] = {}
+        self._labels: dict[int, list] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _encoded_motions(self, motion_ids: Sequence[int]):
+        from localizer.infer import EncodedMotion
+
+        missing = [m for m in motion_ids if m not in self._encoded]
+        from_cache = [m for m in missing if self._cached is not None and m in self._cached]
+        for m in from_cache:
+            self._encoded[m] = EncodedMotion(features=self._cached[m], duration_s=self.meta[m]["duration_s"],
+                                             motion_id=m)
+        rest = [m for m in missing if m not in self._encoded]
+        if rest:
+            enc = self.localizer.encode_motions([self.store.features(m) for m in rest],
+                                                fps=[self.meta[m]["fps"] for m in rest], motion_ids=rest)
+            for m, e in zip(rest, enc):
+                self._encoded[m] = e
+        return [self._encoded[m] for m in motion_ids]
+
+    def label(self, motion_id: int, start_s: float, end_s: float) -> str | None:
+        """The ground-truth annotation that best overlaps the moment (IoU), when the corpus has one."""
+        anns = self._labels.get(motion_id)
+        if anns is None:
+            anns = self._labels[motion_id] = self.store.annotations(motion_id)
+        best, best_iou = None, 0.0
+        for a in anns:
+            inter = max(0.0, min(end_s, a.end_s) - max(start_s, a.start_s))
+            union = max(end_s, a.end_s) - min(start_s, a.start_s)
+            iou = inter / union if union > 0 else 0.0
+            if iou > best_iou:
+                best, best_iou = a.text, iou
+        return best
+
+    # ------------------------------------------------------------------ search
+    def search(self, text: str, k: int = 200, lam: float = 5.0, limit: int | None = 10, top_m: int = 3,
+               nms_iou: float = 0.5, batch_size: int = 32, prune: bool = True, sources: Sequence[str] | None = None,
+               min_motion_s: float | None = None, max_motion_s: float | None = None,
+               min_moment_s: float | None = None, max_moment_s: float | None = None) -> SearchResult:
+        text = validate_query(text)
+        if k <= 0:
+            raise ValueError(f"k must be positive (got {k})")
+        if limit is not None and limit <= 0:
+            raise ValueError(f"limit must be positive (got {limit})")
+        t = {}
+        t0 = time.perf_counter()
+        q = self.retrieval.encode_text([text])  # (1, d)
+        t["embed_text"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        filtered = bool(sources or min_motion_s or max_motion_s)
+        want = k
+        while True:
+            hits = self.index.motion_best(q, k_motions=want)[0]
+            ids, rs = [], []
+            for mid, r in zip(hits.motion_ids.tolist(), hits.r.tolist()):
+                row = self.meta.get(mid)
+                if row is None:
+                    continue
+                if sources and row["source"] not in sources:
+                    continue
+                if min_motion_s is not None and row["duration_s"] < min_motion_s:
+                    continue
+                if max_motion_s is not None and row["duration_s"] > max_motion_s:
+                    continue
+                ids.append(mid)
+                rs.append(r)
+            if not filtered or len(ids) >= k or want >= len(self.meta):
+                break
+            want = min(want * 4, len(self.meta))
+        ids, rs = ids[:k], rs[:k]
+        t["retrieve"] = time.perf_counter() - t0
+
+        def keep(_mid: int, s: float, e: float) -> bool:
+            d = e - s
+            return (min_moment_s is None or d >= min_moment_s) and (max_moment_s is None or d <= max_moment_s)
+
+        t_enc = [0.0]
+        t_loc = [0.0]
+
+        def localize(batch: Sequence[int]):
+            t1 = time.perf_counter()
+            enc = self._encoded_motions(batch)
+            t2 = time.perf_counter()
+            spans = self.localizer.localize(text, enc, top_m=top_m, nms_iou=nms_iou, batch_size=batch_size)
+            t_enc[0] += t2 - t1
+            t_loc[0] += time.perf_counter() - t2
+            return [[(s.start_s, s.end_s, s.p_se) for s in row] for row in spans]
+
+        use_keep = min_moment_s is not None or max_moment_s is not None
+        cands, stats = rank_moments(ids, rs, localize, lam, limit, batch_size=batch_size, prune=prune,
+                                    keep=keep if use_keep else None)
+        t["motion_encode"] = t_enc[0]
+        t["localize"] = t_loc[0]
+        t0 = time.perf_counter()
+        moments = [Moment(motion_id=c.motion_id, source=self.meta[c.motion_id]["source"], start_s=c.start_s,
+                          end_s=c.end_s, score=c.score, p_se=c.p_se, r=c.r,
+                          label=self.label(c.motion_id, c.start_s, c.end_s), name=self.meta[c.motion_id]["name"])
+                   for c in cands]
+        t["rank"] = time.perf_counter() - t0
+        return SearchResult(query=text, moments=moments, k=len(ids), lam=lam, localized=stats.localized,
+                            timings_s=t)

@@ -1,0 +1,64 @@
+"""Exact top-n pruning: the pruned ranking equals localizing all k motions (oracle), and saves work."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from engine.search import rank_moments, validate_query
+
+
+def _setup(seed: int, k: int = 200, top_m: int = 3):
+    rng = np.random.default_rng(seed)
+    r = np.sort(rng.uniform(0.0, 0.9, size=k))[::-1]
+    ids = rng.permutation(10_000)[:k]
+    spans = {}
+    for mid in ids:
+        starts = rng.uniform(0, 50, size=top_m)
+        p = np.sort(rng.beta(0.5, 2.0, size=top_m))[::-1]
+        spans[int(mid)] = [(float(s), float(s + rng.uniform(0.5, 8)), float(pp)) for s, pp in zip(starts, p)]
+    calls = []
+
+    def localize(batch):
+        calls.append(list(batch))
+        return [spans[int(m)] for m in batch]
+
+    return ids, r, spans, localize, calls
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("lam,limit", [(5.0, 10), (10.0, 10), (5.0, 1), (1.0, 50)])
+def test_pruned_equals_exhaustive(seed, lam, limit):
+    ids, r, spans, localize, calls = _setup(seed)
+    full, st_full = rank_moments(ids, r, localize, lam, limit, batch_size=16, prune=False)
+    assert st_full.localized == len(ids)
+    pruned, st = rank_moments(ids, r, localize, lam, limit, batch_size=16, prune=True)
+    assert [(c.motion_id, c.start_s, c.end_s) for c in pruned] == [(c.motion_id, c.start_s, c.end_s) for c in full]
+    # Brute force over every candidate, independent of rank_moments.
+    every = [(p * math.exp(lam * rr), mid, s) for mid, rr in zip(ids, r) for s, e, p in spans[int(mid)]]
+    every.sort(key=lambda x: -x[0])
+    assert [round(c.score, 12) for c in full] == [round(x[0], 12) for x in every[:limit]]
+    assert st.localized <= st_full.localized
+
+
+def test_pruning_saves_work_when_scores_separate():
+    ids, r, spans, localize, calls = _setup(0)
+    _, st = rank_moments(ids, r, localize, 10.0, 10, batch_size=16, prune=True)
+    assert st.localized < len(ids)
+
+
+def test_keep_filter_and_sorted_input():
+    ids, r, spans, localize, _ = _setup(1)
+    got, _ = rank_moments(ids, r, localize, 5.0, 20, keep=lambda m, s, e: e - s >= 4.0)
+    assert got and all(c.end_s - c.start_s >= 4.0 for c in got)
+    with pytest.raises(ValueError, match="sorted"):
+        rank_moments(ids, r[::-1], localize, 5.0, 10)
+
+
+@pytest.mark.parametrize("bad,msg", [("", "empty query"), ("   ", "empty query"), ("x" * 513, "limit is 512")])
+def test_query_validation(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        validate_query(bad)
+    assert validate_query("  kung fu pose ") == "kung fu pose"
