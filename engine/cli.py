@@ -254,6 +254,9 @@ def data_compose(
     root: Path = typer.Option(Path("../shared/data/bandai-namco"), help="The Bandai Namco dataset folder."),
     seed: int = typer.Option(0),
     n: int | None = typer.Option(None, "--n", help="Number of composed sequences (default: all clips used)."),
+    min_s: float = typer.Option(10.0, "--min-s", help="Shortest composed sequence (s)."),
+    max_s: float = typer.Option(120.0, "--max-s", help="Longest composed sequence (s)."),
+    sets: str = typer.Option("set1,set2", help="Comma-separated Bandai sets to use."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compose the real-motion benchmark: untrimmed sequences of labelled Bandai Namco clips."""
@@ -261,8 +264,12 @@ def data_compose(
 
     if not root.is_dir():
         fail(f"{root}: no such folder (point --root at the Bandai Namco dataset with set1/ and set2/)")
-    _store_import(out, compose.compose_bandai(root, seed=seed, n_motions=n), False, as_json,
-                  "compose bandai", total=n)
+    if not 0 < min_s < max_s:
+        fail(f"--min-s {min_s} / --max-s {max_s}: need 0 < min < max")
+    errors: list[str] = []
+    it = compose.compose_bandai(root, seed=seed, n_motions=n, min_s=min_s, max_s=max_s,
+                                sets=tuple(x for x in sets.split(",") if x), errors=errors)
+    _store_import(out, it, False, as_json, "compose bandai", total=n, extra_bad=errors)
 
 
 @data_app.command("stats")
