@@ -7,17 +7,36 @@ Data output has `--json`; errors go to stderr with a non-zero exit.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import typer
 
+# OpenMP spin-waiting makes BLAS/FAISS 5-30x slower on a shared 2-core machine (bench/bench_index.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 app = typer.Typer(help="Search engine for human motion: find the moments a sentence describes.",
                   no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Build and inspect motion corpora.", no_args_is_help=True)
 import_app = typer.Typer(help="Import motion data into a corpus directory (appends).", no_args_is_help=True)
+train_app = typer.Typer(help="Train the retrieval model and the localizer (runs/<name>/).", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate retrieval, localization and corpus moment retrieval.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 data_app.add_typer(import_app, name="import")
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
+
+
+def _mount_indexer() -> None:
+    from indexer.cli import eval_retrieval_cmd, index_app, train_retrieval_cmd
+
+    app.add_typer(index_app, name="index")
+    train_app.command("retrieval")(train_retrieval_cmd)
+    eval_app.command("retrieval")(eval_retrieval_cmd)
+
+
+_mount_indexer()
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -1,0 +1,345 @@
+"""Command-line bodies for the retrieval model and the chunk index, ready for `engine/cli.py` to mount:
+
+    from indexer.cli import index_app, train_retrieval_cmd, eval_retrieval_cmd
+    app.add_typer(index_app, name="index")                 # engine index build|rebuild|add|remove|sync|verify|info|prune
+    train_app.command("retrieval")(train_retrieval_cmd)    # engine train retrieval --corpus DIR --run runs/NAME
+    eval_app.command("retrieval")(eval_retrieval_cmd)      # engine eval retrieval --corpus DIR --run runs/NAME
+
+Heavy imports stay inside the command bodies so `engine --help` is instant. Errors go to stderr with a
+non-zero exit; `--json` prints machine-readable results.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+index_app = typer.Typer(help="Build, update and check the FAISS chunk index.", no_args_is_help=True)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+class _Bars:
+    """A rich progress bar per stage on stderr, fed by `progress(stage, done, total)` callbacks."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=Console(stderr=True), disable=not sys.stderr.isatty())
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> _Bars:
+        self.prog.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.prog.__exit__(*exc)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.prog.add_task(stage, total=total)
+        self.prog.update(self.tasks[stage], completed=done, total=total)
+
+
+def _open_corpus(corpus: Path):
+    from engine.corpus.store import CorpusStore
+
+    try:
+        return CorpusStore.open(corpus, create=False)
+    except FileNotFoundError as e:
+        _fail(str(e))
+
+
+def _load_model(model: Path | None, device: str | None):
+    from indexer.model import RetrievalModel, load_retrieval
+
+    if model is None:
+        typer.echo("warning: no --model given: using an untrained, seeded retrieval model (search results are "
+                   "meaningless; train one with `engine train retrieval`)", err=True)
+        return RetrievalModel.random(seed=0)
+    try:
+        return load_retrieval(model, device=device)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+
+
+def _report_build(rep, as_json: bool) -> None:
+    if as_json:
+        _print_json(rep.to_dict())
+        return
+    if rep.up_to_date:
+        typer.echo(f"{rep.index_dir}: version {rep.version} is up to date ({rep.n_motions} motions, "
+                   f"{rep.n_chunks} chunks)")
+        return
+    recall = f", recall@{rep.recall.k} vs exact {rep.recall.recall:.3f}" if rep.recall else ""
+    typer.echo(f"{rep.index_dir}: version {rep.version} live ({rep.op}{', resumed' if rep.resumed else ''}): "
+               f"{rep.n_motions} motions, {rep.n_chunks} chunks, {rep.n_embedded} embedded "
+               f"({rep.chunks_per_s:.1f}/s), {rep.n_reused} re-used, {rep.seconds:.1f} s{recall}")
+
+
+@index_app.command("build")
+def index_build(
+    corpus: Path = typer.Option(..., "--corpus", help="Corpus directory."),
+    out: Path = typer.Option(..., "--out", help="Index directory (created; new builds become new versions)."),
+    model: Path | None = typer.Option(None, "--model", help="Retrieval run directory or checkpoint."),
+    kind: str = typer.Option("flat", "--kind", help="flat | ivf | hnsw | ivfpq"),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 chunk encoder"),
+    split: str | None = typer.Option(None, "--split", help="Index only this split (default: all motions)."),
+    window_s: float = typer.Option(10.0, "--window-s"),
+    stride_s: float = typer.Option(1.0, "--stride-s"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+    force: bool = typer.Option(False, "--force", help="Build even when the live version is up to date."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Chunk every motion (10 s windows, 1 s stride), embed the chunks and write a new index version."""
+    from engine.corpus.types import CorpusError
+    from indexer.build import IndexConfig, build_index
+
+    try:
+        config = IndexConfig(kind=kind, dtype=dtype, split=split, window_s=window_s, stride_s=stride_s,
+                             batch_size=batch_size)
+    except ValueError as e:
+        _fail(str(e))
+    store = _open_corpus(corpus)
+    m = _load_model(model, device)
+    try:
+        with _Bars() as bars:
+            rep = build_index(store, out, m, config, device=device, progress=bars, force=force)
+    except (CorpusError, RuntimeError) as e:
+        _fail(f"{e}\n(the previous version, if any, is still live; re-run to resume)")
+    finally:
+        store.close()
+    _report_build(rep, as_json)
+
+
+@index_app.command("rebuild")
+def index_rebuild(
+    index_dir: Path = typer.Argument(..., help="Index directory."),
+    corpus: Path | None = typer.Option(None, "--corpus", help="Default: the corpus the live version read."),
+    model: Path | None = typer.Option(None, "--model", help="Default: the live version's model."),
+    kind: str | None = typer.Option(None, "--kind", help="Default: the live version's kind."),
+    device: str | None = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Full rebuild into a new version (e.g. after training a new model or to change the FAISS kind)."""
+    import dataclasses
+
+    from engine.corpus.types import CorpusError
+    from indexer.build import IndexConfig, index_info, rebuild_index
+
+    info = index_info(index_dir)
+    if info.manifest is None:
+        _fail(f"{index_dir}: no live index version to rebuild; use `engine index build`")
+    config = IndexConfig.from_dict(info.manifest.config)
+    if kind:
+        try:
+            config = dataclasses.replace(config, kind=kind)
+        except ValueError as e:
+            _fail(str(e))
+    store = _open_corpus(corpus) if corpus else None
+    m = _load_model(model, device) if model else None
+    try:
+        with _Bars() as bars:
+            rep = rebuild_index(index_dir, store, m, config, device=device, progress=bars)
+    except (CorpusError, RuntimeError, FileNotFoundError) as e:
+        _fail(str(e))
+    _report_build(rep, as_json)
+
+
+@index_app.command("add")
+def index_add(
+    index_dir: Path = typer.Argument(..., help="Index directory."),
+    corpus: Path | None = typer.Option(None, "--corpus", help="Default: the corpus the live version read."),
+    motion: list[int] | None = typer.Option(None, "--motion", help="Motion ids (default: all not indexed)."),
+    device: str | None = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """New version with motions added; only their chunks are embedded."""
+    from engine.corpus.types import CorpusError
+    from indexer.build import add_to_index
+
+    store = _open_corpus(corpus) if corpus else None
+    try:
+        with _Bars() as bars:
+            rep = add_to_index(index_dir, store, motion or None, device=device, progress=bars)
+    except (CorpusError, RuntimeError, FileNotFoundError) as e:
+        _fail(str(e))
+    _report_build(rep, as_json)
+
+
+@index_app.command("remove")
+def index_remove(
+    index_dir: Path = typer.Argument(..., help="Index directory."),
+    motion: list[int] = typer.Option(..., "--motion", help="Motion ids to remove."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """New version without the given motions (nothing is re-embedded)."""
+    from engine.corpus.types import CorpusError
+    from indexer.build import remove_from_index
+
+    try:
+        rep = remove_from_index(index_dir, motion)
+    except (CorpusError, RuntimeError, FileNotFoundError) as e:
+        _fail(str(e))
+    _report_build(rep, as_json)
+
+
+@index_app.command("sync")
+def index_sync(
+    index_dir: Path = typer.Argument(..., help="Index directory."),
+    corpus: Path | None = typer.Option(None, "--corpus", help="Default: the corpus the live version read."),
+    device: str | None = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """New version matching the corpus: new motions added, deleted ones removed."""
+    from engine.corpus.types import CorpusError
+    from indexer.build import sync_index
+
+    store = _open_corpus(corpus) if corpus else None
+    try:
+        with _Bars() as bars:
+            rep = sync_index(index_dir, store, device=device, progress=bars)
+    except (CorpusError, RuntimeError, FileNotFoundError) as e:
+        _fail(str(e))
+    _report_build(rep, as_json)
+
+
+@index_app.command("verify")
+def index_verify(
+    index_dir: Path = typer.Argument(..., help="Index directory."),
+    corpus: Path | None = typer.Option(None, "--corpus", help="Also compare with this corpus."),
+    quick: bool = typer.Option(False, "--quick", help="Checksums only (no FAISS/SQL/Arrow cross-checks)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Check the live version: file checksums, then FAISS <-> SQL <-> Arrow consistency. Exit 1 on problems."""
+    from indexer.build import verify
+
+    store = _open_corpus(corpus) if corpus else None
+    rep = verify(index_dir, corpus=store, deep=not quick)
+    if as_json:
+        _print_json(rep.to_dict())
+    else:
+        typer.echo(f"{index_dir}: version {rep.version}: {'OK' if rep.ok else 'PROBLEMS'} "
+                   f"({rep.files_checked} files, {rep.n_motions} motions, {rep.n_chunks} chunks)")
+        for p in rep.problems:
+            typer.echo(f"problem: {p}", err=True)
+        for w in rep.warnings:
+            typer.echo(f"warning: {w}", err=True)
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+@index_app.command("info")
+def index_info_cmd(
+    index_dir: Path = typer.Argument(..., help="Index directory."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The live version's manifest summary and every version."""
+    from indexer.build import index_info
+
+    info = index_info(index_dir)
+    if as_json:
+        _print_json(info.to_dict())
+        return
+    if info.manifest is None:
+        _fail(f"{index_dir}: no live index version")
+    m = info.manifest
+    typer.echo(f"{index_dir}: version {info.current}, {m.faiss_kind} ({m.faiss_class}), dim {m.dim}, "
+               f"{m.n_motions} motions, {m.n_chunks} chunks, model {m.model_fingerprint[:12]}, "
+               f"corpus {m.corpus.get('dir')}")
+    for v in info.versions:
+        state = "live" if v.current else ("complete" if v.complete else "unfinished")
+        typer.echo(f"  {v.version}  {state:10s} {v.op or '-':6s} {v.n_chunks or '-'} chunks  {v.created_utc or ''}")
+
+
+@index_app.command("prune")
+def index_prune(
+    index_dir: Path = typer.Argument(..., help="Index directory."),
+    keep: int = typer.Option(2, "--keep", help="Complete versions to keep (the live one always stays)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Delete old versions and unfinished builds."""
+    from indexer.build import prune_versions
+
+    removed = prune_versions(index_dir, keep=keep)
+    if as_json:
+        _print_json({"removed": removed})
+    else:
+        typer.echo(f"removed versions: {', '.join(removed) or 'none'}")
+
+
+def train_retrieval_cmd(
+    corpus: Path = typer.Option(..., "--corpus", help="Corpus directory (train/val splits)."),
+    run: Path = typer.Option(..., "--run", help="Run directory, e.g. runs/retrieval (re-run to resume)."),
+    epochs: int = typer.Option(40, "--epochs"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(1e-4, "--lr"),
+    warmup_epochs: int = typer.Option(5, "--warmup-epochs", help="Epochs summing all violations."),
+    d_model: int = typer.Option(256, "--d-model"),
+    n_layers: int = typer.Option(3, "--layers"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Train the text-motion retrieval model (DropTriple loss), selecting the checkpoint on 'val'."""
+    from engine.corpus.types import CorpusError
+    from indexer.model import RetrievalConfig
+    from indexer.train import TrainConfig, train_retrieval
+
+    config = TrainConfig(model=RetrievalConfig(d_model=d_model, n_layers=n_layers), epochs=epochs,
+                         batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, seed=seed)
+    store = _open_corpus(corpus)
+    try:
+        with _Bars() as bars:
+            rep = train_retrieval(store, run, config, progress=bars, device=device)
+    except (CorpusError, ValueError) as e:
+        _fail(str(e))
+    finally:
+        store.close()
+    out = {"run_dir": rep.run_dir, "epochs_done": rep.epochs_done, "best_epoch": rep.best_epoch,
+           "resumed_from_epoch": rep.resumed_from_epoch, "seconds": round(rep.seconds, 1),
+           "best_val": rep.best_val.to_dict() if rep.best_val else None}
+    if as_json:
+        _print_json(out)
+    else:
+        v = rep.best_val
+        val = (f"val R@1/5/10 t2m {v.text_to_motion.r1:.3f}/{v.text_to_motion.r5:.3f}/{v.text_to_motion.r10:.3f}"
+               if v else "no val split")
+        typer.echo(f"{run}: {rep.epochs_done} epochs, best epoch {rep.best_epoch} ({val}), {rep.seconds:.0f} s")
+
+
+def eval_retrieval_cmd(
+    corpus: Path = typer.Option(..., "--corpus", help="Corpus directory."),
+    run: Path = typer.Option(..., "--run", help="Run directory or checkpoint."),
+    split: str = typer.Option("test", "--split"),
+    device: str | None = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Full-gallery retrieval: R@1/5/10 and median rank, text->motion and motion->text."""
+    from indexer.train import evaluate_retrieval
+
+    m = _load_model(run, device)
+    store = _open_corpus(corpus)
+    try:
+        rep = evaluate_retrieval(m, store, split)
+    finally:
+        store.close()
+    if as_json:
+        _print_json(rep.to_dict())
+        return
+    typer.echo(f"{split}: {rep.n_pairs} pairs")
+    for name, d in (("text->motion", rep.text_to_motion), ("motion->text", rep.motion_to_text)):
+        typer.echo(f"  {name}: R@1 {d.r1:.3f}  R@5 {d.r5:.3f}  R@10 {d.r10:.3f}  MedR {d.median_rank:g}")

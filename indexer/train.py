@@ -1,0 +1,409 @@
+"""Training and evaluation of the retrieval model on a corpus store.
+
+Training pairs are the annotations of the 'train' split: each annotated segment becomes a 2-10 s crop
+(shorter segments are widened around their centre, longer ones give a random 10 s sub-window) paired
+with its sentence. Model selection uses the 'val' split (never 'test').
+
+A run directory holds::
+
+    runs/<name>/
+      config.json     the TrainConfig (with the model config) the run was started with
+      last.pt         model + optimiser + epoch, rewritten atomically after every epoch (resume point)
+      best.pt         the model with the best validation score (what `load_retrieval` returns)
+      history.jsonl   one line of metrics per epoch
+
+Re-running `train_retrieval` on the same run directory resumes after the last finished epoch; the
+per-epoch randomness is derived from (seed, epoch), so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.corpus.skeleton import FEATURE_DIM
+from engine.corpus.types import CorpusError
+from indexer.chunks import resample_window
+from indexer.model import (
+    RetrievalConfig,
+    RetrievalModel,
+    TextEncoder,
+    drop_triple_loss,
+    pad_windows,
+    resolve_device,
+)
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and data settings of a retrieval training run."""
+
+    model: RetrievalConfig | None = None  # None: RetrievalConfig() defaults
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 2.0
+    margin: float = 0.2
+    warmup_epochs: int = 5  # epochs that sum all violations before switching to the hardest negative
+    motion_threshold: float = 0.75  # DropTriple: drop negatives this similar to the anchor's motion
+    text_threshold: float = 0.75  # ... or to the anchor's sentence (frozen sentence-encoder cosine)
+    min_crop_s: float = 2.0
+    max_crop_s: float = 10.0
+    train_split: str = "train"
+    val_split: str = "val"
+    max_items: int | None = None  # cap on training pairs (smoke runs)
+    seed: int = 0
+
+    def resolved_model(self) -> RetrievalConfig:
+        return self.model or RetrievalConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"] = dataclasses.asdict(self.resolved_model())
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if isinstance(kw.get("model"), dict):
+            kw["model"] = RetrievalConfig.from_dict(kw["model"])
+        return cls(**kw)
+
+
+@dataclass
+class Pair:
+    """One annotated segment: its motion, its time span and its sentence."""
+
+    motion_id: int
+    start_s: float
+    end_s: float
+    text: str
+
+
+@dataclass
+class DirectionMetrics:
+    """Recall at 1/5/10 (fractions) and the median rank of the first correct item."""
+
+    r1: float
+    r5: float
+    r10: float
+    median_rank: float
+
+    @classmethod
+    def from_ranks(cls, ranks: np.ndarray) -> DirectionMetrics:
+        if len(ranks) == 0:
+            return cls(0.0, 0.0, 0.0, float("nan"))
+        return cls(float(np.mean(ranks <= 1)), float(np.mean(ranks <= 5)), float(np.mean(ranks <= 10)),
+                   float(np.median(ranks)))
+
+
+@dataclass
+class RetrievalEval:
+    """Full-gallery retrieval on one split. A sentence and a segment match when they are the same pair,
+    or when their texts are identical (identical sentences are indistinguishable queries)."""
+
+    split: str
+    n_pairs: int
+    text_to_motion: DirectionMetrics
+    motion_to_text: DirectionMetrics
+
+    @property
+    def rsum(self) -> float:
+        t, m = self.text_to_motion, self.motion_to_text
+        return t.r1 + t.r5 + t.r10 + m.r1 + m.r5 + m.r10
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"split": self.split, "n_pairs": self.n_pairs,
+                "text_to_motion": dataclasses.asdict(self.text_to_motion),
+                "motion_to_text": dataclasses.asdict(self.motion_to_text), "rsum": self.rsum}
+
+
+@dataclass
+class TrainReport:
+    run_dir: str
+    epochs_done: int
+    best_epoch: int
+    best_val: RetrievalEval | None
+    seconds: float
+    resumed_from_epoch: int
+
+
+# ---------------------------------------------------------------------------------------------- data
+def collect_pairs(store, split: str) -> list[Pair]:
+    """Every annotation of the split's motions, in (motion_id, start_s) order."""
+    pairs: list[Pair] = []
+    for mid in store.motion_ids(split=split):
+        for a in store.annotations(mid):
+            if a.end_s > a.start_s and a.text.strip():
+                pairs.append(Pair(mid, float(a.start_s), float(a.end_s), a.text.strip()))
+    return pairs
+
+
+def crop_span(start_s: float, end_s: float, duration_s: float, min_s: float, max_s: float,
+              rng: np.random.Generator | None = None) -> tuple[float, float]:
+    """A min_s..max_s window around [start_s, end_s] inside [0, duration_s].
+
+    Short segments are widened around their centre (randomly shifted when `rng` is given), long ones
+    are cut to a max_s sub-window (random with `rng`, centred without).
+    """
+    length = end_s - start_s
+    if length > max_s:
+        extra = length - max_s
+        off = rng.uniform(0.0, extra) if rng is not None else extra / 2
+        s, e = start_s + off, start_s + off + max_s
+    elif length < min_s:
+        grow = min_s - length
+        left = rng.uniform(0.0, grow) if rng is not None else grow / 2
+        s, e = start_s - left, end_s + (grow - left)
+    else:
+        s, e = start_s, end_s
+    if s < 0.0:
+        s, e = 0.0, e - s
+    if e > duration_s:
+        s, e = max(0.0, s - (e - duration_s)), duration_s
+    return s, e
+
+
+def crop_features(features: np.ndarray, fps: float, start_s: float, end_s: float, model_fps: float) -> np.ndarray:
+    """Feature rows of [start_s, end_s) at the motion's fps, resampled to the model's fps; >= 1 row."""
+    a = int(np.clip(np.floor(start_s * fps + 1e-6), 0, max(len(features) - 1, 0)))
+    b = int(np.clip(np.ceil(end_s * fps - 1e-6), a + 1, len(features)))
+    return resample_window(np.asarray(features[a:b], np.float32), fps, model_fps)
+
+
+class _MotionCache:
+    """Feature arrays (memory-mapped views) and fps/duration of the motions a split uses."""
+
+    def __init__(self, store, motion_ids):
+        self.store = store
+        self.features: dict[int, np.ndarray] = {}
+        self.fps: dict[int, float] = {}
+        self.duration_s: dict[int, float] = {}
+        for mid in sorted(set(motion_ids)):
+            m = store.get_motion(mid, arrays=False)
+            self.fps[mid] = float(m.fps)
+            self.duration_s[mid] = float(m.meta.get("_duration_s", 0.0))
+            self.features[mid] = store.features(mid)
+
+    def window(self, pair: Pair, cfg: TrainConfig, model_fps: float, rng: np.random.Generator | None) -> np.ndarray:
+        f = self.features[pair.motion_id]
+        dur = self.duration_s[pair.motion_id] or (len(f) + 1) / self.fps[pair.motion_id]
+        s, e = crop_span(pair.start_s, pair.end_s, dur, cfg.min_crop_s, cfg.max_crop_s, rng)
+        return crop_features(f, self.fps[pair.motion_id], s, e, model_fps)
+
+
+def feature_stats(store, motion_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std over every feature frame of the motions (float64 accumulation)."""
+    n = 0
+    s = np.zeros(FEATURE_DIM, np.float64)
+    ss = np.zeros(FEATURE_DIM, np.float64)
+    for mid in motion_ids:
+        f = np.asarray(store.features(mid), np.float64)
+        n += len(f)
+        s += f.sum(0)
+        ss += (f * f).sum(0)
+    if n == 0:
+        raise CorpusError("training split", "no feature frames to compute the normalisation from")
+    mean = s / n
+    std = np.sqrt(np.maximum(ss / n - mean * mean, 0.0))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- eval
+def _ranks(sim: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """1 + number of non-positives scoring above the best positive, per row."""
+    best = np.where(pos, sim, -np.inf).max(axis=1)
+    return 1 + ((sim > best[:, None]) & ~pos).sum(axis=1)
+
+
+def evaluate_retrieval(model: RetrievalModel, store, split: str = "test", block: int = 1024,
+                       max_pairs: int | None = None) -> RetrievalEval:
+    """Full-gallery R@1/5/10 and median rank, text->motion and motion->text, over every annotated
+    segment of `split` (deterministic centred 2-10 s crops, the training crop rule without randomness)."""
+    pairs = collect_pairs(store, split)
+    if max_pairs is not None:
+        pairs = pairs[:max_pairs]
+    if not pairs:
+        nan = DirectionMetrics.from_ranks(np.zeros(0))
+        return RetrievalEval(split, 0, nan, nan)
+    cfg = TrainConfig()
+    cache = _MotionCache(store, [p.motion_id for p in pairs])
+    was_training = model.training
+    model.eval()
+    try:
+        windows = [cache.window(p, cfg, model.config.fps, None) for p in pairs]
+        motion = model.encode_motion(windows)
+        texts = [p.text for p in pairs]
+        uniq, group = np.unique(np.array([t.lower() for t in texts], dtype=object), return_inverse=True)
+        text_u = model.encode_text([str(u) for u in uniq])
+    finally:
+        model.train(was_training)
+    text = text_u[group]  # (n, E)
+    t2m, m2t = [], []
+    for i in range(0, len(pairs), block):
+        sl = slice(i, i + block)
+        pos = group[sl, None] == group[None, :]  # (b, n) identical sentences count as matches
+        t2m.append(_ranks(text[sl] @ motion.T, pos))
+        m2t.append(_ranks(motion[sl] @ text.T, pos))
+    return RetrievalEval(split, len(pairs), DirectionMetrics.from_ranks(np.concatenate(t2m)),
+                         DirectionMetrics.from_ranks(np.concatenate(m2t)))
+
+
+# ---------------------------------------------------------------------------------------------- train
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _param_groups(model: RetrievalModel, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name or name.endswith("emb_token") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_retrieval(store, run_dir: str | os.PathLike, config: TrainConfig | None = None,
+                    progress: ProgressFn | None = None, device: str | None = None,
+                    text_encoder: TextEncoder | None = None) -> TrainReport:
+    """Train (or resume) the retrieval model on `store`'s train split; select on the val split.
+
+    Writes `run_dir`/config.json, last.pt, best.pt, history.jsonl (see the module docstring).
+    `progress(stage, done, total)` is called after every batch. A run directory started with another
+    config (other than `epochs`) is refused.
+    """
+    t0 = time.perf_counter()
+    config = config or TrainConfig()
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg_path = run / "config.json"
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        new = config.to_dict()
+        diff = sorted(k for k in set(old) | set(new) if k != "epochs" and old.get(k) != new.get(k))
+        if diff:
+            raise ValueError(f"{run}: run was started with another config (differs in {', '.join(diff)}); "
+                             "use a new run directory")
+    _atomic_json(cfg_path, config.to_dict())
+
+    mcfg = config.resolved_model()
+    dev = resolve_device(device)
+    pairs = collect_pairs(store, config.train_split)
+    if config.max_items is not None:
+        pairs = pairs[: config.max_items]
+    if len(pairs) < 2:
+        raise CorpusError(f"corpus {store.dir}", f"split {config.train_split!r} has {len(pairs)} annotated "
+                                                 "segments; at least 2 are needed to train")
+    cache = _MotionCache(store, [p.motion_id for p in pairs])
+
+    torch.manual_seed(config.seed)
+    model = RetrievalModel(mcfg, text_encoder=text_encoder)
+    model.set_feature_stats(*feature_stats(store, sorted(cache.features)))
+    model.to(dev)
+    opt = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+
+    start_epoch, best_score, best_epoch = 0, -np.inf, -1
+    last_path = run / "last.pt"
+    if last_path.exists():
+        ck = torch.load(last_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"]["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        start_epoch, best_score, best_epoch = int(ck["epoch"]), float(ck["best_score"]), int(ck["best_epoch"])
+        log.info("%s: resuming after epoch %d", run, start_epoch)
+    resumed_from = start_epoch
+
+    # Frozen sentence embeddings, computed once per distinct sentence.
+    texts = sorted({p.text for p in pairs})
+    tindex = {t: i for i, t in enumerate(texts)}
+    sent = torch.as_tensor(model.text_encoder.encode(texts), dtype=torch.float32, device=dev)  # (U, 384)
+    text_ids = np.array([tindex[p.text] for p in pairs])
+
+    has_val = bool(collect_pairs(store, config.val_split))
+    best_val: RetrievalEval | None = None
+    n_batches = max(1, len(pairs) // config.batch_size)
+    for epoch in range(start_epoch, config.epochs):
+        rng = np.random.default_rng([config.seed, epoch])
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        hardest = epoch >= config.warmup_epochs
+        model.train()
+        order = rng.permutation(len(pairs))
+        losses: list[float] = []
+        dropped: list[float] = []  # fraction of negatives DropTriple dropped, per batch
+        for b in range(n_batches):
+            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+            if len(idx) < 2:
+                continue
+            x, valid = pad_windows([cache.window(pairs[i], config, mcfg.fps, rng) for i in idx])
+            x_t = torch.from_numpy(x).to(dev)
+            v_t = torch.from_numpy(valid).to(dev)
+            s_t = sent[torch.as_tensor(text_ids[idx], device=dev)]  # (B, 384)
+            m = model.motion_forward(x_t, v_t)  # (B, E)
+            t = model.text_forward(s_t)  # (B, E)
+            sim = m @ t.T  # (B, B) motion x text
+            with torch.no_grad():
+                msim = m @ m.T if hardest else None
+                tsim = s_t @ s_t.T if hardest else None
+                if hardest:
+                    off = ~torch.eye(len(idx), dtype=torch.bool, device=dev)
+                    dropped.append(float(((msim > config.motion_threshold) | (tsim > config.text_threshold))[off]
+                                         .float().mean()))
+            loss = drop_triple_loss(sim, msim, tsim, margin=config.margin, hardest=hardest,
+                                    motion_threshold=config.motion_threshold,
+                                    text_threshold=config.text_threshold)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(f"epoch {epoch + 1}/{config.epochs}", b + 1, n_batches)
+        model.eval()
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
+                                  "hardest": hardest,
+                                  "dropped_negatives": float(np.mean(dropped)) if dropped else 0.0}
+        if has_val:
+            val = evaluate_retrieval(model, store, config.val_split)
+            record["val"] = val.to_dict()
+            score = val.rsum
+        else:
+            val, score = None, float(epoch)  # no validation split: keep the latest
+        if score > best_score:
+            best_score, best_epoch, best_val = score, epoch + 1, val
+            model.save(run / "best.pt")
+        _atomic_torch_save({"model": model.checkpoint(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                            "best_score": float(best_score), "best_epoch": best_epoch}, last_path)
+        with open(run / "history.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        log.info("epoch %d: %s", epoch + 1, record)
+    if best_val is None and has_val and (run / "best.pt").exists():
+        best_val = evaluate_retrieval(RetrievalModel.load(run / "best.pt", device=dev, text_encoder=text_encoder),
+                                      store, config.val_split)
+    return TrainReport(str(run), max(config.epochs, start_epoch), best_epoch, best_val,
+                       time.perf_counter() - t0, resumed_from)
