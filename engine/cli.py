@@ -352,6 +352,132 @@ def data_show(
         typer.echo(f"  {a.start_s:8.2f} - {a.end_s:8.2f} s  {a.text}")
 
 
+# ---------------------------------------------------------------------------------------------- search
+def _read_queries(path: Path) -> list[tuple[str, str]]:
+    """(query_id, text) from a text file (one query per line) or JSONL ({"id"/"query_id", "text"/"query"})."""
+    if not path.exists():
+        fail(f"{path}: no such file")
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("{"):
+            try:
+                rec = json.loads(line)
+                out.append((str(rec.get("id", rec.get("query_id", i))), str(rec.get("text", rec.get("query", "")))))
+            except (json.JSONDecodeError, AttributeError) as e:
+                fail(f"{path}:{i}: not a JSON object ({e})")
+        else:
+            out.append((str(i), line))
+    if not out:
+        fail(f"{path}: no queries")
+    return out
+
+
+def _moment_dict(rank: int, m, meta: dict) -> dict:
+    row = meta.get(m.motion_id, {})
+    return {"rank": rank, "motion_id": m.motion_id, "name": m.name, "source": m.source,
+            "source_file": row.get("path", ""), "start_s": round(m.start_s, 3), "end_s": round(m.end_s, 3),
+            "score": m.score, "p_se": m.p_se, "r": m.r, "label": m.label}
+
+
+@app.command("search")
+def search_cmd(
+    query: str | None = typer.Argument(None, help='What to find, e.g. "kung fu pose".'),
+    k: int = typer.Option(200, "--k", help="Motions retrieved before localization (top-k by chunk similarity)."),
+    lam: float = typer.Option(5.0, "--lam", help="Score = p_se * exp(lam * r)."),
+    limit: int = typer.Option(10, "--limit", "-n", help="Moments to return."),
+    index: Path | None = typer.Option(None, "--index", help="Index directory (default: the built-in corpus's)."),
+    localizer: Path | None = typer.Option(None, "--localizer", help="Localizer run dir (default: shipped model)."),
+    queries: Path | None = typer.Option(None, "--queries", help="Batch: a file with one query per line (or JSONL)."),
+    run_out: Path | None = typer.Option(None, "--run-out", help="Also write the results as a run file (.jsonl/.tsv)."),
+    source: list[str] | None = typer.Option(None, "--source", help="Only motions of this source (repeatable)."),
+    min_motion_s: float | None = typer.Option(None, help="Only motions at least this long."),
+    max_motion_s: float | None = typer.Option(None, help="Only motions at most this long."),
+    min_moment_s: float | None = typer.Option(None, help="Only moments at least this long."),
+    max_moment_s: float | None = typer.Option(None, help="Only moments at most this long."),
+    top_m: int = typer.Option(3, "--top-m", help="Candidate moments per motion (temporal NMS)."),
+    no_prune: bool = typer.Option(False, "--no-prune", help="Localize all k motions (no exact top-n pruning)."),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    as_json: bool = typer.Option(False, "--json", help="Print the moments as JSON."),
+) -> None:
+    """Find the moments that match a sentence: ranked (motion, start-end s) with scores."""
+    if (query is None) == (queries is None):
+        fail('give one query (engine search "kung fu pose") or --queries FILE')
+    batch = _read_queries(queries) if queries is not None else [("1", query)]
+    from engine.search import validate_query
+
+    for qid, text in batch:
+        try:
+            validate_query(text)
+        except ValueError as e:
+            fail(f"query {qid}: {e}" if queries is not None else str(e))
+    if k <= 0:
+        fail(f"--k must be positive (got {k})")
+    if limit <= 0:
+        fail(f"--limit must be positive (got {limit})")
+
+    from engine.corpus.types import CorpusError
+    from engine.search import Searcher
+
+    if index is None:
+        from engine.home import default_index_dir, ensure_default_index
+
+        if not (default_index_dir() / "CURRENT").exists():
+            typer.echo("preparing the built-in corpus and its index (first run only, a few minutes) ...", err=True)
+        with _progress("prepare") as prog:
+            tasks: dict[str, int] = {}
+
+            def bar(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = prog.add_task(stage, total=total)
+                prog.update(tasks[stage], completed=done, total=total)
+
+            index = ensure_default_index(progress=bar, device=device)
+    elif not index.exists():
+        fail(f"{index}: no such index; build one with `engine index build --corpus CORPUS_DIR --out {index} "
+             "--model RUN_DIR`")
+    try:
+        searcher = Searcher(index, localizer=localizer, device=device)
+    except (CorpusError, FileNotFoundError, ValueError, OSError) as e:
+        fail(f"{index}: cannot load the index ({e}); check it with `engine index verify {index}` or rebuild it "
+             "with `engine index build --corpus CORPUS_DIR --out INDEX_DIR --model RUN_DIR`")
+    results = []
+    for qid, text in batch:
+        res = searcher.search(text, k=k, lam=lam, limit=limit, top_m=top_m, prune=not no_prune,
+                              sources=source or None, min_motion_s=min_motion_s, max_motion_s=max_motion_s,
+                              min_moment_s=min_moment_s, max_moment_s=max_moment_s)
+        results.append((qid, res))
+    if run_out is not None:
+        from eval.runfile import rows_from_moments, write_run
+
+        rows = [row for qid, res in results for row in rows_from_moments(qid, res.query, res.moments)]
+        write_run(run_out, rows, meta={"method": "MLP", "k": k, "lam": lam, "index": str(index)})
+    if as_json:
+        data = [{"query_id": qid, "query": res.query, "k": res.k, "lam": res.lam, "localized": res.localized,
+                 "timings_s": {kk: round(v, 4) for kk, v in res.timings_s.items()},
+                 "moments": [_moment_dict(i, m, searcher.meta) for i, m in enumerate(res.moments, 1)]}
+                for qid, res in results]
+        print_json(data if queries is not None else data[0]["moments"])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for qid, res in results:
+        total_ms = 1000 * sum(res.timings_s.values())
+        t = Table(title=f'"{res.query}"  (k={res.k}, λ={res.lam:g}, localized {res.localized}, {total_ms:.0f} ms)')
+        for col, just in (("#", "right"), ("motion", "left"), ("source file", "left"), ("start–end (s)", "right"),
+                          ("score", "right"), ("p_se", "right"), ("r", "right"), ("label", "left")):
+            t.add_column(col, justify=just)
+        for i, m in enumerate(res.moments, 1):
+            path = searcher.meta.get(m.motion_id, {}).get("path") or m.source
+            t.add_row(str(i), f"{m.motion_id} {m.name}", str(path), f"{m.start_s:7.2f} – {m.end_s:7.2f}",
+                      f"{m.score:.3f}", f"{m.p_se:.3f}", f"{m.r:.3f}", m.label or "")
+        console.print(t)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -98,6 +98,19 @@ def rank_moments(
     return cands, RankStats(k=len(motion_ids), localized=localized, batches=batches, pruned=prune)
 
 
+def localizer_tag(path: str | Path) -> str:
+    """sha256 of the localizer checkpoint a run directory (or file) resolves to."""
+    import hashlib
+
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).exists():
+                p = p / name
+                break
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
 @dataclass
 class SearchResult:
     query: str
@@ -125,24 +138,25 @@ class Searcher:
     def __init__(self, index_dir: str | Path, localizer: str | Path | None = None, corpus: str | Path | None = None,
                  device: str = "cpu", bf16: bool = False):
         from engine.corpus.store import CorpusStore
+        from engine.home import default_localizer_path
         from indexer.build import open_index
-        from indexer.model import load_retrieval
         from localizer.infer import Localizer
 
         self.index_dir = Path(index_dir)
-        self.index = open_index(self.index_dir, device=device)
+        self.index = open_index(self.index_dir, device=device)  # checksums verified before FAISS reads
         man = self.index.manifest
-        cfg = man.config
-        model_path = cfg.get("model_path") or man.extra.get("model_path")
-        self.retrieval = load_retrieval(model_path, device=device)
-        loc_path = localizer or cfg.get("localizer_path") or man.extra.get("localizer_path")
-        if not loc_path:
-            raise FileNotFoundError(f"{self.index_dir}: the index names no localizer; pass one")
+        self.retrieval = self.index.load_model(device=device)
+        loc_path = Path(localizer) if localizer is not None else default_localizer_path()
         self.localizer = Localizer.load(loc_path, device=device, bf16=bf16)
-        corpus_dir = corpus or man.extra.get("corpus_dir") or cfg.get("corpus")
-        self.store = CorpusStore.open(corpus_dir, create=False)
+        # The index caches the localizer's query-independent motion encoding when built with the same
+        # checkpoint (its tag is the checkpoint's sha256); otherwise motions are encoded on first use.
+        self.use_cache = man.motion_feature_tag is not None and man.motion_feature_tag == localizer_tag(loc_path)
+        if corpus is None:
+            corpus, url = man.corpus.get("dir"), man.corpus.get("url")
+        else:
+            url = None
+        self.store = CorpusStore.open(corpus, url=url, create=False)
         self.meta = {row["motion_id"]: row for row in self.store.motion_table()}
-        self._cached = self.index.motion_features() if hasattr(self.index, "motion_features") else None
         self._encoded: dict[int, object] = {}
         self._labels: dict[int, list] = {}
 
@@ -151,10 +165,12 @@ class Searcher:
         from localizer.infer import EncodedMotion
 
         missing = [m for m in motion_ids if m not in self._encoded]
-        from_cache = [m for m in missing if self._cached is not None and m in self._cached]
-        for m in from_cache:
-            self._encoded[m] = EncodedMotion(features=self._cached[m], duration_s=self.meta[m]["duration_s"],
-                                             motion_id=m)
+        if self.use_cache:
+            for m in missing:
+                cached = self.index.motion_features(m)
+                if cached is not None:
+                    self._encoded[m] = EncodedMotion(features=cached, duration_s=self.meta[m]["duration_s"],
+                                                     motion_id=m)
         rest = [m for m in missing if m not in self._encoded]
         if rest:
             enc = self.localizer.encode_motions([self.store.features(m) for m in rest],

