@@ -352,6 +352,160 @@ def data_show(
         typer.echo(f"  {a.start_s:8.2f} - {a.end_s:8.2f} s  {a.text}")
 
 
+# ---------------------------------------------------------------------------------------------- train / eval
+@train_app.command("localizer")
+def train_localizer_cmd(
+    corpus: Path = typer.Option(..., "--corpus", help="Corpus directory (train split; val for selection)."),
+    run: Path = typer.Option(..., "--run", help="Run directory, e.g. runs/mlp (re-run to resume)."),
+    preset: str = typer.Option("cpu-small", help="paper | cpu-base | cpu-small | tiny"),
+    variant: str = typer.Option("mlp", help="mlp | mlp-s | mlpbase | ablations (see localizer/config.py)"),
+    epochs: int | None = typer.Option(None, help="Override the preset's epochs."),
+    budget_min: float | None = typer.Option(None, "--budget-min", help="Fit the epochs into this many minutes."),
+    seed: int = typer.Option(0),
+    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast."),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    restart: bool = typer.Option(False, "--restart", help="Start over instead of resuming."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Train the MLP localizer (Motion Label Prior); model selection on the val split, never test."""
+    from localizer.config import make_config
+    from localizer.train import train_localizer
+
+    over: dict = {"train.seed": seed}
+    if epochs is not None:
+        over["train.epochs"] = epochs
+    if budget_min is not None:
+        over["train.time_budget_min"] = budget_min
+    if bf16:
+        over["train.bf16"] = True
+    try:
+        config = make_config(preset, variant, over)
+    except (ValueError, TypeError) as e:
+        fail(str(e))
+    from engine.corpus.store import CorpusStore
+
+    try:
+        store = CorpusStore.open(corpus, create=False)
+    except FileNotFoundError as e:
+        fail(str(e))
+    with _progress("train") as prog:
+        task = prog.add_task("train localizer", total=None)
+
+        def cb(p) -> None:
+            prog.update(task, completed=p.step, total=p.total_steps,
+                        description=f"epoch {p.epoch + 1}/{p.epochs} loss {p.loss:.3f}")
+            if p.phase == "eval" and p.metrics is not None and not sys.stderr.isatty():
+                m = p.metrics
+                typer.echo(f"epoch {p.epoch + 1}/{p.epochs} step {p.step} loss {p.loss:.3f} val mIoU {m.miou:.3f} "
+                           f"R@1 IoU0.5 {m.r1_iou0_5:.3f} IoU0.7 {m.r1_iou0_7:.3f} ({p.elapsed_s:.0f} s)", err=True)
+
+        try:
+            res = train_localizer(store, run, config, progress=cb, device=device, resume=not restart)
+        except (ValueError, FileNotFoundError) as e:
+            fail(str(e))
+    out = {"run": str(run), "steps": res.steps, "epochs": res.epochs, "best_score": res.best_score,
+           "best": res.best_metrics.__dict__ if res.best_metrics else None}
+    if as_json:
+        print_json(out)
+    else:
+        typer.echo(f"{run}: {res.epochs} epochs, {res.steps} steps; best val {out['best']}")
+
+
+def _bars():
+    prog = _progress("eval")
+    tasks: dict[str, int] = {}
+
+    def bar(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = prog.add_task(stage, total=total)
+        prog.update(tasks[stage], completed=done, total=total)
+
+    return prog, bar
+
+
+@eval_app.command("localize")
+def eval_localize_cmd(
+    corpus: Path = typer.Option(..., "--corpus"),
+    localizer: list[str] = typer.Option(..., "--localizer", help="NAME=RUN_DIR (repeatable) or RUN_DIR."),
+    out: Path = typer.Option(..., "--out", help="Folder for run files, metrics.json and report.md."),
+    split: str = typer.Option("test"),
+    retrieval: Path | None = typer.Option(None, "--retrieval", help="Retrieval run: adds the sliding-window baseline."),
+    assigned_cos: float = typer.Option(0.6, help="Assigned protocol: sentence cosine threshold."),
+    max_queries: int | None = typer.Option(None, help="Evaluate a seeded sample of the queries."),
+    dataset: str = typer.Option(""),
+    device: str = typer.Option("cpu"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Single-motion localization: R@1 IoU{0.5,0.7,0.9} and mIoU, Normal and Assigned, with baselines."""
+    from engine.evaluate import localize_eval
+    from eval.report import tslm_table
+
+    paths = {}
+    for item in localizer:
+        name, _, path = item.rpartition("=")
+        paths[name or Path(path).name] = path
+        if not Path(path).exists():
+            fail(f"{path}: no such localizer run")
+    prog, bar = _bars()
+    with prog:
+        res = localize_eval(corpus, paths, out, split=split, retrieval_path=retrieval, cos_threshold=assigned_cos,
+                            max_queries=max_queries, device=device, dataset=dataset, progress=bar)
+    table = tslm_table(res.results, title=f"{dataset or corpus} ({split}, {res.meta['queries']} queries)")
+    (out / "report.md").write_text(table + "\n")
+    if as_json:
+        print_json({"metrics": [r.to_dict() for r in res.results], "meta": res.meta, "timings_s": res.timings_s})
+    else:
+        typer.echo(table)
+
+
+@eval_app.command("cmr")
+def eval_cmr_cmd(
+    index: Path = typer.Option(..., "--index"),
+    out: Path = typer.Option(..., "--out"),
+    split: str = typer.Option("test", help="Queries: the annotations of this split of the index's corpus."),
+    k: list[int] = typer.Option([100, 200], "--k"),
+    lam: list[float] = typer.Option([5.0, 10.0], "--lam"),
+    limit: int = typer.Option(100, "--limit"),
+    max_queries: int | None = typer.Option(300, help="A seeded sample of the queries (None: all)."),
+    localizer: Path | None = typer.Option(None, "--localizer"),
+    device: str = typer.Option("cpu"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Corpus moment retrieval: Recall@n,IoU@mu and DCG/NDCG over a (k, lambda) grid, with baselines."""
+    from engine.evaluate import cmr_eval
+    from eval.report import cmr_table
+
+    prog, bar = _bars()
+    with prog:
+        res = cmr_eval(index, out, split=split, ks=k, lams=lam, limit=limit, max_queries=max_queries,
+                       localizer=localizer, device=device, progress=bar)
+    table = cmr_table(res.results, title=f"{index} ({split}, {res.meta['queries']} queries)")
+    (out / "report.md").write_text(table + "\n")
+    if as_json:
+        print_json({"metrics": [r.to_dict() for r in res.results], "meta": res.meta, "timings_s": res.timings_s})
+    else:
+        typer.echo(table)
+
+
+@eval_app.command("report")
+def eval_report_cmd(
+    metrics: list[Path] = typer.Argument(..., help="metrics.json files"),
+    out: Path | None = typer.Option(None, "--out"),
+) -> None:
+    """Markdown tables (paper layout) from metrics JSON files."""
+    from eval.report import markdown_report, read_metrics_json
+
+    results = []
+    for p in metrics:
+        if not p.exists():
+            fail(f"{p}: no such file")
+        results.extend(read_metrics_json(p))
+    md = markdown_report(results)
+    if out:
+        out.write_text(md)
+    typer.echo(md)
+
+
 # ---------------------------------------------------------------------------------------------- search
 def _read_queries(path: Path) -> list[tuple[str, str]]:
     """(query_id, text) from a text file (one query per line) or JSONL ({"id"/"query_id", "text"/"query"})."""
