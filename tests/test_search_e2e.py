@@ -1,0 +1,130 @@
+"""The whole pipeline on a tiny real configuration: synth corpus -> FAISS index (with the localizer's
+cached motion encoding) -> Searcher -> ranked moments, through the library and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from engine.cli import app
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from engine.corpus import synth
+    from engine.corpus.store import CorpusStore
+    from engine.home import localizer_feature_fn
+    from indexer.build import IndexConfig, build_index
+    from indexer.model import RetrievalConfig, RetrievalModel
+    from localizer.config import make_config
+    from localizer.train import train_localizer
+
+    root = tmp_path_factory.mktemp("e2e")
+    corpus = root / "corpus"
+    with CorpusStore.open(corpus) as store:
+        store.add_motions(synth.generate("tiny", seed=3))
+        loc_run = root / "loc"
+        cfg = make_config("tiny", "mlp", {"train.epochs": 1, "train.time_budget_min": None})
+        train_localizer(store, loc_run, cfg)
+    model = RetrievalModel.random(RetrievalConfig(d_model=32, n_layers=1, n_heads=2, ff_dim=64, embed_dim=32), seed=0)
+    fn, tag = localizer_feature_fn(loc_run)
+    index = root / "index"
+    build_index(corpus, index, model, IndexConfig(), motion_feature_fn=fn, motion_feature_tag=tag)
+    return corpus, index, loc_run
+
+
+@pytest.fixture(scope="module")
+def searcher(pipeline):
+    from engine.search import Searcher
+
+    _, index, loc_run = pipeline
+    return Searcher(index, localizer=loc_run)
+
+
+def test_moments_are_ranked_scored_and_inside_their_motion(searcher):
+    res = searcher.search("a person waves the right hand", k=8, lam=5.0, limit=15)
+    assert res.k == 8 and 0 < len(res.moments) <= 15
+    scores = [m.score for m in res.moments]
+    assert scores == sorted(scores, reverse=True)
+    for m in res.moments:
+        row = searcher.meta[m.motion_id]
+        assert 0.0 <= m.start_s < m.end_s <= row["duration_s"] + 1e-6
+        assert 0.0 < m.p_se <= 1.0
+        assert m.score == pytest.approx(m.p_se * math.exp(5.0 * m.r), rel=1e-6)
+        assert m.name == row["name"] and m.source == "synth"
+
+
+def test_r_is_the_best_chunk_similarity_by_brute_force(searcher):
+    text = "someone jumps"
+    res = searcher.search(text, k=12, limit=50, top_m=1)
+    q = searcher.retrieval.encode_text([text])
+    mids, r = searcher.index.motion_scores_exact(q)
+    exact = dict(zip(mids.tolist(), r[0].tolist()))
+    for m in res.moments:
+        assert m.r == pytest.approx(exact[m.motion_id], abs=1e-5)
+
+
+@pytest.mark.parametrize("lam", [5.0, 10.0])
+def test_pruned_search_equals_localizing_all_k(searcher, lam):
+    for text in ("kung fu pose", "a person walks forward"):
+        a = searcher.search(text, k=12, lam=lam, limit=5, prune=True)
+        b = searcher.search(text, k=12, lam=lam, limit=5, prune=False)
+        assert [(m.motion_id, m.start_s, m.end_s) for m in a.moments] == \
+            [(m.motion_id, m.start_s, m.end_s) for m in b.moments]
+        assert b.localized == 12 and a.localized <= b.localized
+
+
+def test_cached_motion_encoding_equals_encoding_on_the_fly(pipeline, searcher):
+    from engine.search import Searcher
+
+    _, index, loc_run = pipeline
+    fresh = Searcher(index, localizer=loc_run)
+    fresh.use_cache = False
+    assert searcher.use_cache
+    a = searcher.search("a person sits down", k=12, limit=10)
+    b = fresh.search("a person sits down", k=12, limit=10)
+    assert [m.motion_id for m in a.moments] == [m.motion_id for m in b.moments]
+    np.testing.assert_allclose([m.score for m in a.moments], [m.score for m in b.moments], rtol=1e-4)
+
+
+def test_filters(searcher):
+    res = searcher.search("a person kicks", k=12, limit=30, min_moment_s=2.0, max_moment_s=6.0)
+    assert all(2.0 <= m.end_s - m.start_s <= 6.0 for m in res.moments)
+    long_ids = {mid for mid, row in searcher.meta.items() if row["duration_s"] >= 15.0}
+    res = searcher.search("a person kicks", k=3, limit=30, min_motion_s=15.0)
+    assert {m.motion_id for m in res.moments} <= long_ids
+    assert searcher.search("a person kicks", k=3, sources=["nope"]).moments == []
+
+
+def test_labels_come_from_overlapping_annotations(searcher):
+    res = searcher.search("a person claps", k=12, limit=10)
+    texts = {a.text for mid in searcher.meta for a in searcher.store.annotations(mid)}
+    assert any(m.label for m in res.moments)
+    assert all(m.label is None or m.label in texts for m in res.moments)
+
+
+def test_cli_json_and_batch(pipeline, tmp_path):
+    _, index, loc_run = pipeline
+    runner = CliRunner()
+    r = runner.invoke(app, ["search", "kung fu pose", "--k", "6", "--index", str(index), "--localizer", str(loc_run),
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    moments = json.loads(r.stdout)
+    assert moments and {"motion_id", "source", "start_s", "end_s", "score", "p_se", "r", "label"} <= set(moments[0])
+    q = tmp_path / "q.txt"
+    q.write_text("kung fu pose\na person waves\n")
+    run = tmp_path / "run.jsonl"
+    r = runner.invoke(app, ["search", "--queries", str(q), "--k", "6", "--index", str(index), "--localizer",
+                            str(loc_run), "--run-out", str(run), "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert [d["query"] for d in data] == ["kung fu pose", "a person waves"]
+    from eval.runfile import read_run
+
+    assert set(read_run(run).by_query()) == {"1", "2"}
+    r = runner.invoke(app, ["search", "kung fu pose", "--k", "6", "--index", str(index), "--localizer", str(loc_run)])
+    assert r.exit_code == 0 and "kung fu pose" in r.stdout
