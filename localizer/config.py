@@ -1,0 +1,189 @@
+"""Localizer configuration: training settings, presets (paper / CPU) and variants (MLP, MLP-S, MLPBase, ablations).
+
+A run's whole configuration is one `LocalizerConfig` (model + training + text encoder), written to
+``runs/<name>/config.json`` and embedded in every checkpoint so a checkpoint alone can be loaded.
+
+Presets (times measured on this 2-core CPU, fp32, synthetic data; see the report in the docstring of
+`PRESETS` entries):
+
+- ``paper``: d=256, 4 SGPA, 256 snippets, batch 64, 100 epochs, lr 2e-4 (the paper's setting; for a GPU).
+- ``cpu-small``: d=64, 1 SGPA, 64 snippets, batch 32, 20 epochs, lr 5e-4; 45 min budget.
+- ``cpu-base``: d=128, 2 SGPA, 128 snippets, batch 32, 15 epochs, lr 3e-4; 45 min budget.
+- ``tiny``: d=32, 1 SGPA, 32 snippets (tests, smoke runs; a couple of minutes).
+
+With a time budget, training measures its first steps and, when the planned epochs would not fit, lowers
+the number of epochs so that they do (the LR decay and the perturbation schedule follow the new length).
+
+Variants (`VARIANTS`), after the paper (Sec. IV-C, Tables IV and VI):
+
+- ``mlp``: full model. ``mlp-s``: without S-Enc (a linear layer over the 22 x 12 input). ``mlpbase``:
+  without S-Enc, with the plain sequence matcher (Eq. 4, no label prior, no PE) and without the recovering part.
+- Table IV on MLP-S: ``mlp-s-no-lpm`` (no LP-Matcher prior), ``mlp-s-no-lpp`` (= ``mlp-s-no-rec``, no recovering part).
+- Table VI on MLP-S: ``mlp-s-no-align``, ``mlp-s-no-perturb`` (alpha = 0), ``mlp-s-pe-none``, ``mlp-s-pe-before``.
+- ``mlp-unshared``: separate SGPA blocks for motion and text.
+Any field can also be overridden (`make_config(..., overrides={"model.flip_rate": 0.2})`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from localizer.model import MLPConfig
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 2e-4
+    lr_decay_at: float = 0.5  # fraction of the planned steps after which lr *= lr_decay
+    lr_decay: float = 0.1
+    weight_decay: float = 0.01  # not on biases, norms or adjacencies
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    seed: int = 0
+    time_budget_min: float | None = None  # fit the epochs into this many minutes (measured on the first steps)
+    ckpt_every_steps: int = 200  # also at every epoch end
+    eval_batch_size: int = 64
+    val_max_pairs: int | None = 2000  # evaluate on at most this many validation pairs (fixed subset)
+    select_metric: str = "miou"  # "miou", "r1_iou0.5", "r1_iou0.7"
+    bf16: bool = False  # bf16 autocast (CPU or CUDA)
+    text_encoder: str = "minilm"  # token encoder: "minilm", "glove" or a local HF model directory
+    max_tokens: int = 32
+    train_split: str = "train"
+    val_split: str = "val"
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # JSON gives a list
+        if self.select_metric not in ("miou", "r1_iou0.5", "r1_iou0.7", "r1_iou0.9"):
+            raise ValueError(f"unknown select_metric {self.select_metric!r}")
+
+
+@dataclass
+class LocalizerConfig:
+    model: MLPConfig = field(default_factory=MLPConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "custom"
+    variant: str = "mlp"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"preset": self.preset, "variant": self.variant, "model": asdict(self.model),
+                "train": asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LocalizerConfig:
+        train_known = {f.name for f in fields(TrainConfig)}
+        unknown = set(d.get("train", {})) - train_known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        return cls(model=MLPConfig.from_dict(d.get("model", {})), train=TrainConfig(**d.get("train", {})),
+                   preset=d.get("preset", "custom"), variant=d.get("variant", "mlp"))
+
+    def save(self, path: str | Path) -> None:
+        p = Path(path)
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.replace(p)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LocalizerConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class Preset:
+    model: dict[str, Any]
+    train: dict[str, Any]
+    description: str
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        model=dict(d_model=256, n_heads=4, n_sgpa=4, n_snippets=256, dropout=0.1),
+        train=dict(epochs=100, batch_size=64, lr=2e-4, time_budget_min=None),
+        description="The paper's setting (d=256, 4 SGPA, 256 snippets, batch 64, 100 epochs); for a GPU.",
+    ),
+    "cpu-base": Preset(
+        model=dict(d_model=128, n_heads=4, n_sgpa=2, n_snippets=128, dropout=0.1),
+        train=dict(epochs=15, batch_size=32, lr=3e-4, time_budget_min=45.0),
+        description="d=128, 2 SGPA, 128 snippets, batch 32, 15 epochs, lr 3e-4; at most 45 min on a 2-core CPU.",
+    ),
+    "cpu-small": Preset(
+        model=dict(d_model=64, n_heads=4, n_sgpa=1, n_snippets=64, dropout=0.1),
+        train=dict(epochs=20, batch_size=32, lr=5e-4, time_budget_min=45.0),
+        description="d=64, 1 SGPA, 64 snippets, batch 32, 20 epochs, lr 5e-4; at most 45 min on a 2-core CPU.",
+    ),
+    "tiny": Preset(
+        model=dict(d_model=32, n_heads=2, n_sgpa=1, n_snippets=32, dropout=0.0),
+        train=dict(epochs=4, batch_size=16, lr=1e-3, time_budget_min=5.0, ckpt_every_steps=50,
+                   val_max_pairs=200),
+        description="d=32, 1 SGPA, 32 snippets: tests and smoke runs (minutes).",
+    ),
+}
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "mlp": {},
+    "mlp-s": dict(spatial_encoder=False),
+    "mlpbase": dict(spatial_encoder=False, label_prior=False, pos_encoding="none", recovering=False,
+                    alignment=False),
+    "mlp-s-no-lpm": dict(spatial_encoder=False, label_prior=False, pos_encoding="none"),
+    "mlp-s-no-lpp": dict(spatial_encoder=False, recovering=False, alignment=False),
+    "mlp-s-no-rec": dict(spatial_encoder=False, recovering=False, alignment=False),
+    "mlp-s-no-align": dict(spatial_encoder=False, alignment=False),
+    "mlp-s-no-perturb": dict(spatial_encoder=False, perturb_start=0.0, perturb_end=0.0),
+    "mlp-s-pe-none": dict(spatial_encoder=False, pos_encoding="none"),
+    "mlp-s-pe-before": dict(spatial_encoder=False, pos_encoding="before"),
+    "mlp-unshared": dict(shared_tenc=False),
+}
+
+
+def _coerce(value: Any, current: Any) -> Any:
+    """Parse CLI strings ("0.2", "true", "none") to the type of the current value."""
+    if not isinstance(value, str):
+        return value
+    low = value.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if isinstance(current, bool):
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+    if isinstance(current, int):
+        return int(value)
+    if isinstance(current, float) or current is None:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def make_config(preset: str = "cpu-small", variant: str = "mlp",
+                overrides: dict[str, Any] | None = None) -> LocalizerConfig:
+    """Preset + variant + overrides ("model.d_model": 96, "train.epochs": 3, or unqualified names)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
+    p = PRESETS[preset]
+    model = MLPConfig(**{**p.model, **VARIANTS[variant]})
+    train = TrainConfig(**p.train)
+    model_fields = {f.name for f in fields(MLPConfig)}
+    train_fields = {f.name for f in fields(TrainConfig)}
+    m_over: dict[str, Any] = {}
+    t_over: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        scope, _, name = key.rpartition(".")
+        if scope in ("model", "") and name in model_fields:
+            m_over[name] = _coerce(value, getattr(model, name))
+        elif scope in ("train", "") and name in train_fields:
+            t_over[name] = _coerce(value, getattr(train, name))
+        else:
+            raise ValueError(f"unknown config field {key!r}")
+    return LocalizerConfig(model=replace(model, **m_over), train=replace(train, **t_over), preset=preset,
+                           variant=variant)

@@ -1,0 +1,147 @@
+"""Span decoding: exact joint argmax over i_s <= i_e, top-m true pairs with temporal NMS, snippets <-> seconds.
+
+The paper's lost Eq. 13 (mlp-notes.md): ``(i_s, i_e) = argmax_{i_s <= i_e} P_s(i_s) P_e(i_e)``, the located
+score ``p_se`` is that maximum. Times: ``t_s = i_s / T * D``, ``t_e = (i_e + 1) / T * D`` with T the motion's
+own number of snippets and D the duration the snippets cover. Top-m moments are true (start, end) pairs of
+the upper-triangular joint matrix, greedily suppressed by temporal IoU (the authors' "top-5" picked starts
+and ends independently, which gives inconsistent pairs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class SpanCandidate:
+    """One decoded span in snippet indices (inclusive end) with its joint probability."""
+
+    start_idx: int
+    end_idx: int
+    p_se: float
+
+
+@dataclass
+class DecodedBatch:
+    """Best span per row of a batch."""
+
+    start_idx: torch.Tensor  # (B,) long
+    end_idx: torch.Tensor  # (B,) long
+    p_se: torch.Tensor  # (B,) float
+
+
+def max_len_snippets(max_span_s: float | None, n_snippets: int, duration_s: float) -> int | None:
+    """Longest allowed span in snippets for a limit in seconds (None = no limit): the most snippets whose
+    span does not exceed the limit, but at least one."""
+    if max_span_s is None or duration_s <= 0:
+        return None
+    return max(1, int(math.floor(max_span_s / duration_s * n_snippets + 1e-9)))
+
+
+def joint_matrix(p_start: torch.Tensor, p_end: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+    """(..., T, T) matrix P_s(i) P_e(j) kept where i <= j (and j - i < max_len), else 0."""
+    t = p_start.shape[-1]
+    outer = p_start.unsqueeze(-1) * p_end.unsqueeze(-2)  # (..., T, T)
+    i = torch.arange(t, device=p_start.device)
+    keep = i.unsqueeze(1) <= i.unsqueeze(0)
+    if max_len is not None:
+        keep = keep & ((i.unsqueeze(0) - i.unsqueeze(1)) < max_len)
+    return outer * keep
+
+
+def decode_best(p_start: torch.Tensor, p_end: torch.Tensor, max_len: int | None = None) -> DecodedBatch:
+    """Exact argmax of P_s(i) P_e(j) over i <= j for each row of (B, T) distributions (0 at padding).
+
+    Ties go to the smallest flat index (earliest start, then earliest end).
+    """
+    if p_start.dim() == 1:
+        p_start, p_end = p_start.unsqueeze(0), p_end.unsqueeze(0)
+    b, t = p_start.shape
+    flat = joint_matrix(p_start.float(), p_end.float(), max_len).reshape(b, t * t)  # (B, T*T)
+    p_se, arg = flat.max(dim=1)
+    return DecodedBatch(start_idx=arg // t, end_idx=arg % t, p_se=p_se)
+
+
+def temporal_iou(a_start: float, a_end: float, b_start: float, b_end: float) -> float:
+    """IoU of two intervals [a_start, a_end) and [b_start, b_end)."""
+    inter = max(0.0, min(a_end, b_end) - max(a_start, b_start))
+    union = max(a_end, b_end) - min(a_start, b_start)
+    return inter / union if union > 0 else 0.0
+
+
+def nms(candidates: list[SpanCandidate], iou_threshold: float, top_m: int | None = None) -> list[SpanCandidate]:
+    """Greedy temporal NMS over candidates sorted by p_se (descending); spans as [start_idx, end_idx + 1)."""
+    kept: list[SpanCandidate] = []
+    for c in sorted(candidates, key=lambda c: -c.p_se):
+        if all(temporal_iou(c.start_idx, c.end_idx + 1, k.start_idx, k.end_idx + 1) <= iou_threshold for k in kept):
+            kept.append(c)
+            if top_m is not None and len(kept) >= top_m:
+                break
+    return kept
+
+
+def decode_top(p_start: np.ndarray | torch.Tensor, p_end: np.ndarray | torch.Tensor, top_m: int = 1,
+               nms_iou: float = 0.5, max_len: int | None = None) -> list[SpanCandidate]:
+    """Top-m (start, end) pairs of one motion's valid distributions (T,), greedy NMS at `nms_iou`.
+
+    Exact: candidates are visited in descending joint probability (only a growing prefix is sorted), so the
+    result equals NMS over all T (T + 1) / 2 pairs. Pairs with zero probability are never returned.
+    """
+    ps = torch.as_tensor(p_start, dtype=torch.float64).reshape(-1)
+    pe = torch.as_tensor(p_end, dtype=torch.float64).reshape(-1)
+    t = ps.numel()
+    if t == 0 or top_m < 1:
+        return []
+    flat = joint_matrix(ps, pe, max_len).reshape(-1).numpy()  # (T*T,)
+    n_pos = int((flat > 0).sum())
+    if top_m == 1 or n_pos == 0:
+        if n_pos == 0:
+            return []
+        a = int(np.argmax(flat))
+        return [SpanCandidate(a // t, a % t, float(flat[a]))]
+    k = min(n_pos, max(64, 16 * top_m))
+    while True:
+        part = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
+        order = part[np.lexsort((part, -flat[part]))]  # descending p, ties by flat index
+        cands = [SpanCandidate(int(a // t), int(a % t), float(flat[a])) for a in order if flat[a] > 0]
+        kept = nms(cands, nms_iou, top_m)
+        if len(kept) >= top_m or k >= n_pos:
+            return kept
+        k = min(n_pos, 4 * k)
+
+
+def index_to_seconds(start_idx: int, end_idx: int, n_snippets: int, duration_s: float) -> tuple[float, float]:
+    """(t_s, t_e) = (i_s / T * D, (i_e + 1) / T * D)."""
+    return start_idx / n_snippets * duration_s, (end_idx + 1) / n_snippets * duration_s
+
+
+def seconds_to_span(start_s: float, end_s: float, n_snippets: int, duration_s: float) -> tuple[int, int]:
+    """Ground-truth snippet span: the (i_s, i_e), i_s <= i_e, whose [i_s/T*D, (i_e+1)/T*D] has the best IoU
+    with [start_s, end_s] (times clipped to the motion). Exact; ties go to the earliest start, then end.
+    """
+    t, d = n_snippets, float(duration_s)
+    if t < 1 or d <= 0:
+        raise ValueError(f"seconds_to_span: need n_snippets >= 1 and duration > 0, got {t}, {d}")
+    s = min(max(start_s, 0.0), d)
+    e = min(max(end_s, 0.0), d)
+    if e <= s:  # degenerate: the snippet that contains the point
+        i = min(t - 1, max(0, int(s / d * t)))
+        return i, i
+    xs, xe = s / d * t, e / d * t
+    # The optimum has its start edge at floor/ceil of xs and its end edge at floor/ceil of xe; widen by one
+    # on each side so float rounding can never exclude it.
+    s_c = range(max(0, math.floor(xs) - 1), min(t - 1, math.ceil(xs) + 1) + 1)
+    e_c = range(max(1, math.floor(xe) - 1), min(t, math.ceil(xe) + 1) + 1)  # exclusive end edges
+    best, best_iou = (0, t - 1), -1.0
+    for i in s_c:
+        for j in e_c:
+            if j <= i:
+                continue
+            iou = temporal_iou(i, j, xs, xe)
+            if iou > best_iou + 1e-12:
+                best, best_iou = (i, j - 1), iou
+    return best

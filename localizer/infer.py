@@ -1,0 +1,196 @@
+"""Inference API of the localizer, the one the search engine calls.
+
+    loc = Localizer.load("runs/mlp-small", device="cpu")          # or device="cuda", bf16=True
+    enc = loc.encode_motions([store.features(mid) for mid in ids], fps=[...], motion_ids=ids)   # cacheable
+    spans = loc.localize("a person waves", enc, top_m=3)          # list (per motion) of LocalizedSpan
+
+`encode_motions` runs the query-independent part (Joint Recover, pooling, S-Enc) and returns one
+`EncodedMotion` (T x d float32 + duration) per motion, which an index can store and feed back later;
+`localize` runs the query-dependent part for one sentence against many motions in padded batches
+under `torch.inference_mode` and decodes exact top-m (start, end) pairs with temporal NMS.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from localizer.config import LocalizerConfig
+from localizer.data import pad_snippets, snippet_motion
+from localizer.decode import decode_best, decode_top, index_to_seconds, max_len_snippets
+from localizer.model import MLPLocalizer
+from localizer.train import autocast, load_localizer, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodedMotion:
+    """Query-independent encoding of one motion: S-Enc output (T, d) float32 and the duration it covers."""
+
+    features: np.ndarray
+    duration_s: float
+    motion_id: int | None = None
+
+    @property
+    def n_snippets(self) -> int:
+        return int(self.features.shape[0])
+
+
+@dataclass
+class LocalizedSpan:
+    """One located moment: seconds from the motion's start, snippet indices (inclusive end), p_se."""
+
+    start_s: float
+    end_s: float
+    p_se: float
+    start_idx: int
+    end_idx: int
+    motion_id: int | None = None
+
+
+@dataclass
+class SpanDistributions:
+    """Per motion: start / end distributions and highlight scores over its T snippets (numpy, float32)."""
+
+    p_start: np.ndarray
+    p_end: np.ndarray
+    highlight: np.ndarray
+    duration_s: float
+    motion_id: int | None = None
+
+
+class Localizer:
+    """A trained MLP localizer with its text encoder; batched, cache-friendly inference."""
+
+    def __init__(self, model: MLPLocalizer, config: LocalizerConfig, device: str | torch.device | None = "cpu",
+                 bf16: bool = False, text_encoder=None, text_cache_size: int = 1024):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.bf16 = bf16
+        self._text_encoder = text_encoder
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._text_cache_size = text_cache_size
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = "cpu", bf16: bool = False,
+             text_encoder=None) -> Localizer:
+        """From a run directory (best.pt, else last.pt) or a checkpoint file."""
+        model, config = load_localizer(path, device=device)
+        return cls(model, config, device=device, bf16=bf16, text_encoder=text_encoder)
+
+    @property
+    def n_snippets(self) -> int:
+        return self.config.model.n_snippets
+
+    # ------------------------------------------------------------------ text
+    @property
+    def text_encoder(self):
+        if self._text_encoder is None:
+            from engine.corpus.text import token_encoder
+
+            tc = self.config.train
+            self._text_encoder = token_encoder(tc.text_encoder, device=str(self.device), max_tokens=tc.max_tokens)
+            if self._text_encoder.dim != self.config.model.text_dim:
+                raise ValueError(f"text encoder {tc.text_encoder!r} gives {self._text_encoder.dim}-d tokens; "
+                                 f"the model was trained on {self.config.model.text_dim}-d tokens")
+        return self._text_encoder
+
+    def text_tokens(self, text: str) -> np.ndarray:
+        """(n_tokens, text_dim) float32 token embeddings of one sentence (LRU-cached)."""
+        if not text or not text.strip():
+            raise ValueError("empty query text")
+        key = text.strip()
+        hit = self._text_cache.get(key)
+        if hit is not None:
+            self._text_cache.move_to_end(key)
+            return hit
+        tb = self.text_encoder.encode([key])
+        emb = np.asarray(tb.emb[0][tb.mask[0].astype(bool)], dtype=np.float32)
+        self._text_cache[key] = emb
+        if len(self._text_cache) > self._text_cache_size:
+            self._text_cache.popitem(last=False)
+        return emb
+
+    # ------------------------------------------------------------------ motions (query independent)
+    @torch.inference_mode()
+    def encode_motions(self, features: Sequence[np.ndarray], fps: float | Sequence[float] = 20.0,
+                       motion_ids: Sequence[int | None] | None = None, batch_size: int = 64) -> list[EncodedMotion]:
+        """Raw (F_i, 263) feature arrays -> EncodedMotion list (same order). Padded snippets never enter BN."""
+        n = len(features)
+        fps_list = [float(fps)] * n if isinstance(fps, (int, float)) else [float(f) for f in fps]
+        ids = list(motion_ids) if motion_ids is not None else [None] * n
+        if len(fps_list) != n or len(ids) != n:
+            raise ValueError("encode_motions: features, fps and motion_ids must have the same length")
+        sms = [snippet_motion(f, r, self.n_snippets, name=str(i), motion_id=i)
+               for f, r, i in zip(features, fps_list, ids)]
+        out: list[EncodedMotion | None] = [None] * n
+        order = sorted(range(n), key=lambda i: sms[i].n_snippets)
+        for k in range(0, n, batch_size):
+            chunk = order[k: k + batch_size]
+            x, mask = pad_snippets([sms[i].snippets for i in chunk])
+            with autocast(self.device, self.bf16):
+                enc = self.model.encode_motion(x.to(self.device), mask.to(self.device))
+            enc = enc.float().cpu().numpy()
+            for row, i in enumerate(chunk):
+                out[i] = EncodedMotion(features=enc[row, : sms[i].n_snippets].copy(), duration_s=sms[i].duration_s,
+                                       motion_id=ids[i])
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ localization
+    @torch.inference_mode()
+    def distributions(self, text: str | Sequence[str], motions: Sequence[EncodedMotion],
+                      batch_size: int = 64) -> list[SpanDistributions]:
+        """Start / end / highlight distributions of one sentence (or one sentence per motion) on each motion."""
+        texts = [text] * len(motions) if isinstance(text, str) else list(text)
+        if len(texts) != len(motions):
+            raise ValueError("distributions: one text, or one text per motion")
+        out: list[SpanDistributions | None] = [None] * len(motions)
+        order = sorted(range(len(motions)), key=lambda i: motions[i].n_snippets)
+        for k in range(0, len(order), batch_size):
+            chunk = order[k: k + batch_size]
+            m, m_mask = pad_snippets([motions[i].features for i in chunk])
+            q, q_mask = pad_snippets([self.text_tokens(texts[i]) for i in chunk])
+            with autocast(self.device, self.bf16):
+                probs = self.model.localize(m.to(self.device), m_mask.to(self.device), q.to(self.device),
+                                            q_mask.to(self.device))
+            ps, pe, h = (t.float().cpu().numpy() for t in (probs.p_start, probs.p_end, probs.highlight))
+            for row, i in enumerate(chunk):
+                t = motions[i].n_snippets
+                out[i] = SpanDistributions(p_start=ps[row, :t], p_end=pe[row, :t], highlight=h[row, :t],
+                                           duration_s=motions[i].duration_s, motion_id=motions[i].motion_id)
+        return out  # type: ignore[return-value]
+
+    def localize(self, text: str | Sequence[str], motions: Sequence[EncodedMotion], top_m: int = 1,
+                 nms_iou: float = 0.5, max_span_s: float | None = None,
+                 batch_size: int = 64) -> list[list[LocalizedSpan]]:
+        """Top-m moments (true (start, end) pairs, temporal NMS) of the sentence in each motion."""
+        results: list[list[LocalizedSpan]] = []
+        for dist in self.distributions(text, motions, batch_size=batch_size):
+            t = dist.p_start.shape[0]
+            max_len = max_len_snippets(max_span_s, t, dist.duration_s)
+            if top_m == 1:
+                dec = decode_best(torch.from_numpy(dist.p_start), torch.from_numpy(dist.p_end), max_len)
+                cands = [(int(dec.start_idx[0]), int(dec.end_idx[0]), float(dec.p_se[0]))]
+            else:
+                cands = [(c.start_idx, c.end_idx, c.p_se)
+                         for c in decode_top(dist.p_start, dist.p_end, top_m, nms_iou, max_len)]
+            spans = []
+            for i_s, i_e, p in cands:
+                t_s, t_e = index_to_seconds(i_s, i_e, t, dist.duration_s)
+                spans.append(LocalizedSpan(start_s=t_s, end_s=t_e, p_se=p, start_idx=i_s, end_idx=i_e,
+                                           motion_id=dist.motion_id))
+            results.append(spans)
+        return results
+
+    def localize_features(self, text: str, features: Sequence[np.ndarray], fps: float | Sequence[float] = 20.0,
+                          motion_ids: Sequence[int | None] | None = None, **kwargs) -> list[list[LocalizedSpan]]:
+        """Convenience: encode raw feature arrays, then `localize`."""
+        return self.localize(text, self.encode_motions(features, fps, motion_ids), **kwargs)
