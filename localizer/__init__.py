@@ -1,0 +1,11 @@
+"""The MLP localizer (Motion Label Prior): text + one motion -> the moment the text describes.
+
+- `localizer.model`: `MLPConfig`, `MLPLocalizer` (encode_motion / forward / localize), `mlp_loss`.
+- `localizer.config`: `LocalizerConfig`, `TrainConfig`, `PRESETS`, `VARIANTS`, `make_config`.
+- `localizer.train`: `train_localizer`, `load_localizer`, `evaluate`, `time_steps`.
+- `localizer.infer`: `Localizer` (encode_motions, localize, distributions), `EncodedMotion`, `LocalizedSpan`.
+- `localizer.decode`: exact joint decoding, top-m with temporal NMS, snippet <-> seconds.
+- `localizer.data`, `localizer.snippets`: pairs, ground truth, text cache, batches; Joint Recover + pooling.
+
+Imports stay lazy here so `import localizer` costs nothing.
+"""

@@ -1,7 +1,7 @@
 """Training data for the localizer: (motion, annotation) pairs, snippets, ground-truth spans, text cache, batches.
 
 - A motion becomes `SnippetMotion`: Joint Recover per frame, then T = min(F, S) mean-pooled snippets
-  (T, 22, 12); D = F / fps is the duration the F feature frames cover.
+  (T, 22, 12); D = (F + 1) / fps is the motion's duration (F feature frames come from F + 1 joint frames).
 - A pair is one annotation of one motion; its ground-truth snippet span is the span with the best IoU to
   the labelled time span (`decode.seconds_to_span`).
 - Token embeddings of each distinct sentence are computed once (`TextCache`) and reused every step.
@@ -95,12 +95,16 @@ def motion_features(motion: Motion) -> np.ndarray:
 
 def snippet_motion(features: np.ndarray, fps: float, n_snippets: int, name: str = "",
                    motion_id: int | None = None) -> SnippetMotion:
-    """Raw (F, 263) features at `fps` -> SnippetMotion (D = F / fps)."""
+    """Raw (F, 263) features at `fps` -> SnippetMotion.
+
+    D = (F + 1) / fps: the duration of the motion the F feature frames came from (`Motion.duration_s`, the
+    store's duration), so an index that caches `EncodedMotion`s with the store's duration agrees exactly.
+    """
     if not (fps and math.isfinite(fps) and fps > 0):
         raise CorpusError(f"motion {name!r}", f"invalid fps {fps!r}")
     feats = np.asarray(features, dtype=np.float32)
     return SnippetMotion(name=name, snippets=motion_snippets(feats, n_snippets, where=f"motion {name!r}"),
-                         duration_s=feats.shape[0] / float(fps), motion_id=motion_id)
+                         duration_s=(feats.shape[0] + 1) / float(fps), motion_id=motion_id)
 
 
 def make_pair(motion_index: int, sm: SnippetMotion, ann: Annotation) -> LocalizationPair | None:

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EncodedMotion:
-    """Query-independent encoding of one motion: S-Enc output (T, d) float32 and the duration it covers."""
+    """Query-independent encoding of one motion: S-Enc output (T, d) float32 and the motion's duration
+    (`Motion.duration_s` = n_frames / fps; the T snippets span [0, duration_s])."""
 
     features: np.ndarray
     duration_s: float
@@ -105,19 +106,27 @@ class Localizer:
 
     def text_tokens(self, text: str) -> np.ndarray:
         """(n_tokens, text_dim) float32 token embeddings of one sentence (LRU-cached)."""
-        if not text or not text.strip():
-            raise ValueError("empty query text")
-        key = text.strip()
-        hit = self._text_cache.get(key)
-        if hit is not None:
-            self._text_cache.move_to_end(key)
-            return hit
-        tb = self.text_encoder.encode([key])
-        emb = np.asarray(tb.emb[0][tb.mask[0].astype(bool)], dtype=np.float32)
-        self._text_cache[key] = emb
-        if len(self._text_cache) > self._text_cache_size:
+        return self.texts_tokens([text])[0]
+
+    def texts_tokens(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token embeddings of several sentences; the ones not cached are encoded in one batch."""
+        keys = []
+        for text in texts:
+            if not text or not text.strip():
+                raise ValueError("empty query text")
+            keys.append(text.strip())
+        missing = sorted({k for k in keys if k not in self._text_cache})
+        if missing:
+            tb = self.text_encoder.encode(missing)
+            for k, emb, mask in zip(missing, tb.emb, tb.mask):
+                self._text_cache[k] = np.asarray(emb[mask.astype(bool)], dtype=np.float32)
+        out = []
+        for k in keys:
+            self._text_cache.move_to_end(k)
+            out.append(self._text_cache[k])
+        while len(self._text_cache) > max(self._text_cache_size, len(set(keys))):
             self._text_cache.popitem(last=False)
-        return emb
+        return out
 
     # ------------------------------------------------------------------ motions (query independent)
     @torch.inference_mode()
@@ -157,7 +166,7 @@ class Localizer:
         for k in range(0, len(order), batch_size):
             chunk = order[k: k + batch_size]
             m, m_mask = pad_snippets([motions[i].features for i in chunk])
-            q, q_mask = pad_snippets([self.text_tokens(texts[i]) for i in chunk])
+            q, q_mask = pad_snippets(self.texts_tokens([texts[i] for i in chunk]))
             with autocast(self.device, self.bf16):
                 probs = self.model.localize(m.to(self.device), m_mask.to(self.device), q.to(self.device),
                                             q_mask.to(self.device))

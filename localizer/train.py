@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import random
 import time
 from collections.abc import Callable
@@ -110,13 +111,18 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """RNG states as tensors and plain Python values, so checkpoints load with torch.load(weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                      float(cached)],
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -184,11 +190,11 @@ def load_localizer(path: str | Path, device: str | torch.device | None = "cpu") 
     """(model in eval mode, config) from a run directory (best.pt, else last.pt) or a checkpoint file."""
     ckpt_path = _resolve_ckpt(path)
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         config = LocalizerConfig.from_dict(ckpt["config"])
         model = MLPLocalizer(config.model)
         model.load_state_dict(ckpt["model"])
-    except (KeyError, RuntimeError, ValueError, OSError) as e:
+    except (KeyError, RuntimeError, ValueError, OSError, pickle.UnpicklingError) as e:
         raise ValueError(f"{ckpt_path}: not a usable localizer checkpoint ({e})") from e
     model.to(resolve_device(device)).eval()
     return model, config
@@ -238,7 +244,7 @@ def train_localizer(
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     ckpt = None
     if resume and last_path.exists():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
         saved = LocalizerConfig.from_dict(ckpt["config"])
         if config is not None and config.model != saved.model:
             raise ValueError(f"{run_dir}: holds a run with another model config; pass resume=False to start "
@@ -326,7 +332,7 @@ def train_localizer(
 
     t_start = time.perf_counter()
     model.train()
-    probe_steps = min(8, steps_per_epoch)
+    probe_steps = min(8, max(1, steps_per_epoch - 1))  # measured inside the first epoch when possible
     t_probe = None
     epoch_losses: list[float] = list(ckpt.get("epoch_losses", [])) if ckpt is not None else []
     stopped_for_time = False
@@ -366,7 +372,8 @@ def train_localizer(
                 # one evaluation per epoch costs about a forward pass over val: ~1/3 of a training step per batch
                 n_val = len(val_indices) if val_indices is not None else (len(data.val) if data.val else 0)
                 per_epoch = sec_per_step * (steps_per_epoch + math.ceil(n_val / tc.eval_batch_size) / 3.0)
-                fit = max(1, int((budget_s - (time.perf_counter() - t_start)) / (per_epoch * 1.05)))
+                left_s = budget_s - (time.perf_counter() - t_start)
+                fit = max(step // steps_per_epoch + 1, int(left_s / (per_epoch * 1.05)))
                 if fit < planned_epochs:
                     log.warning("%.2f s/step: %d epochs would take %.0f min > budget %.0f min; training %d epochs",
                                 sec_per_step, planned_epochs, planned_epochs * per_epoch / 60,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ def test_resume_after_kill_continues_from_saved_step(tmp_path, motions, text_cac
 
     with pytest.raises(_Killed):
         train_localizer(motions, tmp_path / "killed", cfg, text_cache=text_cache, progress=kill_at_5)
-    saved = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)
+    saved = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
     assert saved["step"] == 3  # checkpoint every 3 steps; the kill came at step 5
 
     resumed_steps: list[int] = []
@@ -102,8 +103,8 @@ def test_resume_after_kill_continues_from_saved_step(tmp_path, motions, text_cac
                           progress=lambda p: resumed_steps.append(p.step) if p.phase == "train" else None)
     assert resumed_steps[0] == 4 and res.steps == full.steps
     # the resumed run replays the uninterrupted one exactly (data order, dropout, perturbation, flips)
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
     # resuming a finished run does nothing
@@ -130,7 +131,7 @@ def test_load_localizer_and_inference_api(trained_run, motions, text_cache):
     for e, o, f in zip(enc, one_by_one, feats):
         assert e.n_snippets == min(f.shape[0], cfg.model.n_snippets)
         np.testing.assert_allclose(e.features, o.features, atol=1e-5)
-        assert e.duration_s == pytest.approx(f.shape[0] / 20.0)
+        assert e.duration_s == pytest.approx((f.shape[0] + 1) / 20.0)  # Motion.duration_s
     text = "a person waves the right hand"
     batched = loc.localize(text, enc, top_m=3, batch_size=4)
     single = [loc.localize(text, [e], top_m=3)[0] for e in enc]
@@ -142,6 +143,13 @@ def test_load_localizer_and_inference_api(trained_run, motions, text_cache):
             assert 0.0 <= s.start_s < s.end_s <= e.duration_s + 1e-6
     top1 = loc.localize(text, enc)
     assert [s[0].start_idx for s in top1] == [s[0].start_idx for s in batched]
+    texts = [text, "nodding the head"] * 3  # one sentence per motion (the evaluation's mode)
+    per_pair = loc.localize(texts, enc, batch_size=4)
+    for t_i, e, spans in zip(texts, enc, per_pair):
+        alone = loc.localize(t_i, [e])[0][0]
+        assert (spans[0].start_idx, spans[0].end_idx) == (alone.start_idx, alone.end_idx)
+    with pytest.raises(ValueError, match="empty"):
+        loc.localize("  ", enc)
     limited = loc.localize(text, enc, top_m=2, max_span_s=1.0)
     assert all(s.end_s - s.start_s <= 1.0 + 1e-6 for spans in limited for s in spans)
     direct = loc.localize_features(text, feats[:2], fps=20.0)
@@ -203,3 +211,67 @@ def test_glove_token_encoder_trains_and_localizes(tmp_path, motions):
     assert tokens.shape == (8, 50) and np.abs(tokens[0]).sum() > 0  # "a" is a GloVe word
     spans = loc.localize_features("waving", [motions[0].features], fps=20.0, top_m=2)
     assert 1 <= len(spans[0]) <= 2
+
+
+def test_time_budget_stops_and_resume_continues(tmp_path, motions, text_cache):
+    cfg = _config(epochs=3, time_budget_min=1e-5)  # far too short: stop after the first step
+    res = train_localizer(motions, tmp_path / "run", cfg, text_cache=text_cache)
+    assert res.steps == 1 and res.best_path.exists()
+    assert torch.load(res.last_path, weights_only=True)["step"] == 1
+    again = train_localizer(motions, tmp_path / "run", cfg, text_cache=text_cache)
+    assert again.steps == 2
+
+
+def test_load_localizer_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no best.pt or last.pt"):
+        load_localizer(tmp_path)
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="best.pt"):
+        load_localizer(tmp_path)
+
+
+@pytest.mark.slow
+def test_resume_after_a_real_sigkill(tmp_path, motions, text_cache):
+    """A training process killed with SIGKILL mid-run resumes from its last checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cfg = _config(epochs=200, ckpt_every_steps=2)
+    run.mkdir()
+    cfg.save(run / "config.json")
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from localizer.data import synthetic_motions\n"
+        "from localizer.train import train_localizer\n"
+        f"train_localizer(synthetic_motions(40, seed=1, min_frames=60, max_frames=120), {str(run)!r}, num_threads=1)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (run / "last.pt").exists():
+            time.sleep(0.2)
+        time.sleep(1.0)
+        assert proc.poll() is None, "training ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    saved = torch.load(run / "last.pt", weights_only=True)["step"]
+    assert saved >= 2
+    seen: list[int] = []
+
+    def stop_soon(p):
+        if p.phase == "train":
+            seen.append(p.step)
+            if len(seen) == 3:
+                raise _Killed()
+
+    with pytest.raises(_Killed):
+        train_localizer(motions, run, None, text_cache=text_cache, progress=stop_soon)
+    assert seen[0] == saved + 1
