@@ -19,6 +19,10 @@ import typer
 
 index_app = typer.Typer(help="Build, update and check the FAISS chunk index.", no_args_is_help=True)
 
+# Set by the application layer (engine/cli.py): run dir -> (features -> cached array, tag). The indexer
+# never imports the localizer; it only stores what this callable returns per motion.
+MOTION_FEATURE_FACTORY = None
+
 
 def _fail(message: str, code: int = 1) -> None:
     typer.echo(f"error: {message}", err=True)
@@ -102,6 +106,8 @@ def index_build(
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     force: bool = typer.Option(False, "--force", help="Build even when the live version is up to date."),
+    localizer: Path | None = typer.Option(None, "--localizer",
+                                          help="Localizer run: cache its query-independent motion encoding."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Chunk every motion (10 s windows, 1 s stride), embed the chunks and write a new index version."""
@@ -113,11 +119,17 @@ def index_build(
                              batch_size=batch_size)
     except ValueError as e:
         _fail(str(e))
+    fn = tag = None
+    if localizer is not None:
+        if MOTION_FEATURE_FACTORY is None or not localizer.exists():
+            _fail(f"{localizer}: no such localizer run (or no localizer support in this application)")
+        fn, tag = MOTION_FEATURE_FACTORY(localizer, device=device or "cpu")
     store = _open_corpus(corpus)
     m = _load_model(model, device)
     try:
         with _Bars() as bars:
-            rep = build_index(store, out, m, config, device=device, progress=bars, force=force)
+            rep = build_index(store, out, m, config, device=device, progress=bars, force=force,
+                              motion_feature_fn=fn, motion_feature_tag=tag)
     except (CorpusError, RuntimeError) as e:
         _fail(f"{e}\n(the previous version, if any, is still live; re-run to resume)")
     finally:

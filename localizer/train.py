@@ -246,15 +246,19 @@ def train_localizer(
     if resume and last_path.exists():
         ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
         saved = LocalizerConfig.from_dict(ckpt["config"])
-        if config is not None and config.model != saved.model:
+        # text_dim follows the text encoder (set when the run started), so it is not compared
+        if config is not None and replace(config.model, text_dim=saved.model.text_dim) != saved.model:
             raise ValueError(f"{run_dir}: holds a run with another model config; pass resume=False to start "
                              "over or use a new run directory")
         if config is not None and config.train != saved.train:
             log.warning("%s: resuming with the run's saved training settings, not the ones given", run_dir)
         config = saved
-    elif config is None:
-        config = LocalizerConfig.load(run_dir / "config.json") if (run_dir / "config.json").exists() \
-            else make_config("cpu-small", "mlp")
+    else:
+        if config is None:
+            config = LocalizerConfig.load(run_dir / "config.json") if (run_dir / "config.json").exists() \
+                else make_config("cpu-small", "mlp")
+        for stale in (last_path, best_path, run_dir / "history.json"):  # starting over: no mixed runs
+            stale.unlink(missing_ok=True)
     tc = config.train
 
     data = load_data(data, config.model.n_snippets, tc.train_split, tc.val_split)

@@ -204,6 +204,8 @@ def test_glove_token_encoder_trains_and_localizes(tmp_path, motions):
     cfg = make_config("tiny", "mlp-s", {"train.epochs": 1, "train.batch_size": 8, "train.text_encoder": "glove",
                                         "train.time_budget_min": None})
     res = train_localizer(motions[:16], tmp_path / "run", cfg)
+    again = train_localizer(motions[:16], tmp_path / "run", cfg)  # resumes (text_dim 50 != preset's 384)
+    assert again.steps == res.steps
     model, saved = load_localizer(res.run_dir)
     assert saved.model.text_dim == 50 and saved.train.text_encoder == "glove"
     loc = Localizer(model, saved)
