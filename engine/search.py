@@ -132,7 +132,8 @@ def validate_query(text: str) -> str:
 class Searcher:
     """Loads an index (verified), its retrieval model, the localizer and the corpus once; answers queries.
 
-    Thread-safe for concurrent `search` calls (torch inference is re-entrant; caches are append-only dicts).
+    Caches (encoded motions, labels, the localizer's text LRU) are plain dicts: serve concurrent
+    requests with one Searcher per worker or a lock around `search`.
     """
 
     def __init__(self, index_dir: str | Path, localizer: str | Path | None = None, corpus: str | Path | None = None,
