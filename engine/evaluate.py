@@ -198,6 +198,9 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
             f = feats_cache.setdefault(row.motion_id, np.asarray(store.features(row.motion_id)))
             fps = searcher.meta[row.motion_id]["fps"]
             a, b = int(row.start_s * fps), max(int(math.ceil(row.end_s * fps)), int(row.start_s * fps) + 2)
+            if b - a > 10 * fps:  # the model was trained on 2-10 s crops: use the moment's central 10 s
+                mid = (a + b) // 2
+                a, b = mid - int(5 * fps), mid + int(5 * fps)
             out[id(row)] = max(0.0, float(searcher.retrieval.encode_motion([f[a:b]])[0] @ qvec_cache[row.query]))
         return out
 
