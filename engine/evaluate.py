@@ -157,9 +157,9 @@ def sliding_window_run(store: CorpusStore, truth, retrieval_path, meta, sizes, s
         q = model.encode_text([g.text for g in gs])  # (Q, d)
         sim = q @ vecs.T  # (Q, W)
         best = sim.argmax(axis=1)
-        for g, j in zip(gs, best):
+        for qi, (g, j) in enumerate(zip(gs, best)):
             a, b = win[j]
-            rows.append(RunRow(g.query_id, g.text, mid, a / fps, b / fps, 1, float(sim[gs.index(g), j])))
+            rows.append(RunRow(g.query_id, g.text, mid, a / fps, b / fps, 1, float(sim[qi, j])))
     return rows
 
 
