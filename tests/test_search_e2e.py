@@ -128,3 +128,37 @@ def test_cli_json_and_batch(pipeline, tmp_path):
     assert set(read_run(run).by_query()) == {"1", "2"}
     r = runner.invoke(app, ["search", "kung fu pose", "--k", "6", "--index", str(index), "--localizer", str(loc_run)])
     assert r.exit_code == 0 and "kung fu pose" in r.stdout
+
+
+def test_pyramid_windows_cover_every_size_and_the_end():
+    from engine.evaluate import pyramid_windows
+
+    win = pyramid_windows(103, (20, 40, 200), 5)
+    assert set((win[:, 1] - win[:, 0]).tolist()) == {20, 40, 103}
+    for w in (20, 40):
+        starts = sorted(a for a, b in win if b - a == w)
+        assert starts[0] == 0 and starts[-1] == 103 - w and all(0 < y - x <= 5 for x, y in zip(starts, starts[1:]))
+
+
+def test_localize_and_cmr_evaluation_jobs(pipeline, tmp_path):
+    from engine.evaluate import cmr_eval, localize_eval
+    from eval.runfile import read_run
+
+    corpus, index, loc_run = pipeline
+    model_pt = next(index.glob("versions/*/model.pt"))
+    out = localize_eval(corpus, {"mlp": loc_run}, tmp_path / "loc", split="train", retrieval_path=model_pt,
+                        max_queries=8, window_sizes=(20, 60), window_stride=10)
+    methods = [r.method for r in out.results]
+    assert methods[0].startswith("Prior") and "mlp" in methods and methods[-1].startswith("Retrieval")
+    for r in out.results:
+        assert r.normal.n_queries == 8 and 0.0 <= r.normal.miou <= 1.0
+        assert r.assigned is not None and r.assigned.miou >= r.normal.miou - 1e-9  # more ground truths, never worse
+    assert {p.name for p in (tmp_path / "loc").iterdir()} >= {"metrics.json", "truth.jsonl", "run-mlp.jsonl"}
+
+    res = cmr_eval(index, tmp_path / "cmr", split="train", ks=(6,), lams=(5.0,), limit=10, max_queries=4,
+                   localizer=loc_run)
+    assert [r.setting for r in res.results][-1].startswith("Retrieval only")
+    for r in res.results:
+        assert r.n_queries == 4 and all(0.0 <= v <= 1.0 for per in r.recall.values() for v in per.values())
+    run = read_run(res.runs["mlp-k6-lam5"])
+    assert run.meta["k"] == 6 and len(run.by_query()) == 4
