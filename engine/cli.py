@@ -372,6 +372,8 @@ def train_localizer_cmd(
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     restart: bool = typer.Option(False, "--restart", help="Start over instead of resuming."),
+    threads: int | None = typer.Option(None, "--threads", help="torch threads (1 is fastest on a busy 2-core box)."),
+    text_encoder: str | None = typer.Option(None, "--text-encoder", help="minilm | glove | mpnet | a local HF dir"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Train the MLP localizer (Motion Label Prior); model selection on the val split, never test."""
@@ -385,6 +387,8 @@ def train_localizer_cmd(
         over["train.time_budget_min"] = budget_min
     if bf16:
         over["train.bf16"] = True
+    if text_encoder is not None:
+        over["train.text_encoder"] = text_encoder
     try:
         config = make_config(preset, variant, over)
     except (ValueError, TypeError) as e:
@@ -407,7 +411,8 @@ def train_localizer_cmd(
                            f"R@1 IoU0.5 {m.r1_iou0_5:.3f} IoU0.7 {m.r1_iou0_7:.3f} ({p.elapsed_s:.0f} s)", err=True)
 
         try:
-            res = train_localizer(store, run, config, progress=cb, device=device, resume=not restart)
+            res = train_localizer(store, run, config, progress=cb, device=device, resume=not restart,
+                                  num_threads=threads)
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))
     out = {"run": str(run), "steps": res.steps, "epochs": res.epochs, "best_score": res.best_score,

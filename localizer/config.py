@@ -8,12 +8,13 @@ intra-op thread of this 2-core AMD EPYC (avx512_bf16), measured with `time_steps
 the machine (so +-30 %); fp32 / bf16 autocast:
 
 - ``paper``: d=256, 4 SGPA, 256 snippets, batch 64, 100 epochs, lr 2e-4 (the paper's setting; for a GPU).
+  On this CPU: mlp 75 s, mlp-s 16 s per step (fp32), i.e. unusable here.
 - ``cpu-base``: d=128, 2 SGPA, 128 snippets, batch 32, 15 epochs, lr 3e-4; 45 min budget.
   mlp 5.4 / 2.3 s, mlp-s 0.75 / 0.61 s: with S-Enc use ``--bf16``; the budget keeps ~5 (fp32) or ~11 (bf16)
   epochs of the demo corpus (76 steps per epoch).
 - ``cpu-small``: d=64, 1 SGPA, 64 snippets, batch 32, 20 epochs, lr 5e-4; 45 min budget.
-  mlp 0.68 / 0.53 s, mlp-s 0.20 / 0.18 s. Demo corpus (278 training motions, 2,400 pairs): 20 epochs of
-  mlp in 21 min.
+  mlp 0.68 / 0.53 s, mlp-s 0.20 / 0.18 s. Demo corpus (278 training motions, ~2,400 pairs, 76 steps per
+  epoch), 20 epochs fp32 with evaluation: mlp 20 min, mlp-s 5 min, mlpbase 3.4 min.
 - ``tiny``: d=32, 1 SGPA, 32 snippets: tests and smoke runs (mlp 0.085 s, mlp-s 0.03 s per step).
 
 With a time budget, training measures its first steps and, when the planned epochs would not fit, lowers
