@@ -265,18 +265,10 @@ class CorpusStore:
         it = iter(motions)
         while True:
             try:
-                m = next(it)
+                prepared = self._prepare(next(it))
             except StopIteration:
                 break
-            except CorpusError as e:
-                if not skip_bad:
-                    raise
-                report.bad.append(str(e))
-                log.warning("skipped: %s", e)
-                continue
-            try:
-                prepared = self._prepare(m)
-            except CorpusError as e:
+            except CorpusError as e:  # raised by the record's importer or by validation
                 if not skip_bad:
                     raise
                 report.bad.append(str(e))
