@@ -57,6 +57,15 @@ class _Bars:
         self.prog.update(self.tasks[stage], completed=done, total=total)
 
 
+def _feature_fn(localizer: Path | None, device: str | None):
+    """(motion_feature_fn, tag) for a localizer run, or (None, None)."""
+    if localizer is None:
+        return None, None
+    if MOTION_FEATURE_FACTORY is None or not localizer.exists():
+        _fail(f"{localizer}: no such localizer run (or no localizer support in this application)")
+    return MOTION_FEATURE_FACTORY(localizer, device=device or "cpu")
+
+
 def _open_corpus(corpus: Path):
     from engine.corpus.store import CorpusStore
 
@@ -119,11 +128,7 @@ def index_build(
                              batch_size=batch_size)
     except ValueError as e:
         _fail(str(e))
-    fn = tag = None
-    if localizer is not None:
-        if MOTION_FEATURE_FACTORY is None or not localizer.exists():
-            _fail(f"{localizer}: no such localizer run (or no localizer support in this application)")
-        fn, tag = MOTION_FEATURE_FACTORY(localizer, device=device or "cpu")
+    fn, tag = _feature_fn(localizer, device)
     store = _open_corpus(corpus)
     m = _load_model(model, device)
     try:
@@ -177,16 +182,20 @@ def index_add(
     corpus: Path | None = typer.Option(None, "--corpus", help="Default: the corpus the live version read."),
     motion: list[int] | None = typer.Option(None, "--motion", help="Motion ids (default: all not indexed)."),
     device: str | None = typer.Option(None, "--device"),
+    localizer: Path | None = typer.Option(None, "--localizer",
+                                          help="Localizer run whose motion encoding the index caches."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """New version with motions added; only their chunks are embedded."""
     from engine.corpus.types import CorpusError
     from indexer.build import add_to_index
 
+    fn, tag = _feature_fn(localizer, device)
     store = _open_corpus(corpus) if corpus else None
     try:
         with _Bars() as bars:
-            rep = add_to_index(index_dir, store, motion or None, device=device, progress=bars)
+            rep = add_to_index(index_dir, store, motion or None, device=device, progress=bars,
+                               motion_feature_fn=fn, motion_feature_tag=tag)
     except (CorpusError, RuntimeError, FileNotFoundError) as e:
         _fail(str(e))
     _report_build(rep, as_json)

@@ -162,3 +162,20 @@ def test_localize_and_cmr_evaluation_jobs(pipeline, tmp_path):
         assert r.n_queries == 4 and all(0.0 <= v <= 1.0 for per in r.recall.values() for v in per.values())
     run = read_run(res.runs["mlp-k6-lam5"])
     assert run.meta["k"] == 6 and len(run.by_query()) == 4
+
+
+def test_cli_index_build_caches_the_localizer_encoding(pipeline, tmp_path):
+    from engine.search import Searcher
+
+    corpus, index, loc_run = pipeline
+    model_pt = next(index.glob("versions/*/model.pt"))
+    out = tmp_path / "idx"
+    r = CliRunner().invoke(app, ["index", "build", "--corpus", str(corpus), "--out", str(out), "--model",
+                                 str(model_pt), "--localizer", str(loc_run), "--json"])
+    assert r.exit_code == 0, r.output
+    assert list(out.glob("versions/*/motion_features.arrow"))
+    s = Searcher(out, localizer=loc_run)
+    assert s.use_cache
+    r = CliRunner().invoke(app, ["index", "build", "--corpus", str(corpus), "--out", str(tmp_path / "x"),
+                                 "--model", str(model_pt), "--localizer", str(tmp_path / "nope")])
+    assert r.exit_code == 1 and "no such localizer run" in r.stderr
