@@ -56,8 +56,8 @@ def print_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
-def _progress(description: str, total: int | None = None):
-    """A rich progress bar on stderr (hidden when stderr is not a terminal and CI is quiet)."""
+def _progress():
+    """A rich progress bar on stderr (hidden when stderr is not a terminal)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -78,7 +78,7 @@ def _store_import(out: Path, motions, skip_bad: bool, as_json: bool, description
     t0 = time.perf_counter()
     store = CorpusStore.open(out, url=url)
     try:
-        with _progress(description) as prog:
+        with _progress() as prog:
             task = prog.add_task(description, total=total)
             report = store.add_motions(motions, skip_bad=skip_bad, progress=lambda n: prog.advance(task, n))
         stats = store.stats().to_dict()
@@ -399,7 +399,7 @@ def train_localizer_cmd(
         store = CorpusStore.open(corpus, create=False)
     except FileNotFoundError as e:
         fail(str(e))
-    with _progress("train") as prog:
+    with _progress() as prog:
         task = prog.add_task("train localizer", total=None)
 
         def cb(p) -> None:
@@ -424,7 +424,7 @@ def train_localizer_cmd(
 
 
 def _bars():
-    prog = _progress("eval")
+    prog = _progress()
     tasks: dict[str, int] = {}
 
     def bar(stage: str, done: int, total: int) -> None:
@@ -592,7 +592,7 @@ def search_cmd(
 
         if not (default_index_dir() / "CURRENT").exists():
             typer.echo("preparing the built-in corpus and its index (first run only, a few minutes) ...", err=True)
-        with _progress("prepare") as prog:
+        with _progress() as prog:
             tasks: dict[str, int] = {}
 
             def bar(stage: str, done: int, total: int) -> None:
