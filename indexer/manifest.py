@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.corpus.store import fsync_dir
 from engine.corpus.types import CorpusError
 
 FORMAT_VERSION = 1
@@ -121,16 +122,6 @@ def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> FileEntry:
 def sha256_bytes(data: bytes) -> FileEntry:
     return FileEntry(hashlib.sha256(data).hexdigest(), len(data))
 
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_file(path: Path) -> None:

@@ -180,7 +180,8 @@ def validate_motion(motion: Motion) -> None:
             raise CorpusError(rec, "empty text")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename inside it is durable (no-op where directories have no fds)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
@@ -326,7 +327,7 @@ class CorpusStore:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-        _fsync_dir(arrays_dir)
+        fsync_dir(arrays_dir)
         try:
             with Session(self.engine) as s, s.begin():
                 rows = []
