@@ -67,6 +67,16 @@ def _progress():
     return prog
 
 
+def _open_store(corpus: Path):
+    """An existing corpus, or a clear error naming the directory."""
+    from engine.corpus.store import CorpusStore
+
+    try:
+        return CorpusStore.open(corpus, create=False)
+    except FileNotFoundError as e:
+        fail(str(e))
+
+
 def _store_import(out: Path, motions, skip_bad: bool, as_json: bool, description: str,
                   total: int | None = None, url: str | None = None, extra_bad: list[str] | None = None) -> None:
     """Feed motions into the store at `out`, with progress; print the report."""
@@ -304,12 +314,7 @@ def data_stats(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Counts and durations of a corpus."""
-    from engine.corpus.store import CorpusStore
-
-    try:
-        store = CorpusStore.open(corpus, create=False)
-    except FileNotFoundError as e:
-        fail(str(e))
+    store = _open_store(corpus)
     st = store.stats().to_dict()
     store.close()
     if as_json:
@@ -333,12 +338,7 @@ def data_show(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """One motion's metadata and annotations."""
-    from engine.corpus.store import CorpusStore
-
-    try:
-        store = CorpusStore.open(corpus, create=False)
-    except FileNotFoundError as e:
-        fail(str(e))
+    store = _open_store(corpus)
     try:
         mid = int(motion) if motion.isdigit() else store.motion_id(motion)
         m = store.get_motion(mid, arrays=False)
@@ -393,12 +393,7 @@ def train_localizer_cmd(
         config = make_config(preset, variant, over)
     except (ValueError, TypeError) as e:
         fail(str(e))
-    from engine.corpus.store import CorpusStore
-
-    try:
-        store = CorpusStore.open(corpus, create=False)
-    except FileNotFoundError as e:
-        fail(str(e))
+    store = _open_store(corpus)
     with _progress() as prog:
         task = prog.add_task("train localizer", total=None)
 

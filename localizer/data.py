@@ -142,26 +142,22 @@ def pairs_from_motions(motions: Iterable[Motion], n_snippets: int, skip_bad: boo
 
 def pairs_from_store(store, split: str, n_snippets: int, skip_bad: bool = True) -> PairSet:
     """Pairs of one split of a `CorpusStore` (features read from the store's memory-mapped arrays)."""
-    out = PairSet()
-    for mid in store.motion_ids(split=split):
-        m = store.get_motion(mid, arrays=False)
-        if not m.annotations:
-            continue
-        try:
-            feats = np.asarray(store.features(mid), dtype=np.float32)
-            m.features = feats
-            sm = snippet_motion(motion_features(m), m.fps, n_snippets, name=m.name, motion_id=mid)
-        except CorpusError as e:
-            if not skip_bad:
-                raise
-            log.warning("skipped: %s", e)
-            continue
-        idx = len(out.motions)
-        pairs = [p for p in (make_pair(idx, sm, a) for a in m.annotations) if p is not None]
-        if pairs:
-            out.motions.append(sm)
-            out.pairs.extend(pairs)
-    return out
+
+    def motions():
+        for mid in store.motion_ids(split=split):
+            m = store.get_motion(mid, arrays=False)
+            if not m.annotations:
+                continue
+            try:
+                m.features = np.asarray(store.features(mid), dtype=np.float32)
+            except CorpusError as e:
+                if not skip_bad:
+                    raise
+                log.warning("skipped: %s", e)
+                continue
+            yield m
+
+    return pairs_from_motions(motions(), n_snippets, skip_bad=skip_bad)
 
 
 def load_data(source, n_snippets: int, train_split: str = "train", val_split: str = "val") -> LocalizerData:
