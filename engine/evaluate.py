@@ -38,14 +38,11 @@ def similarity_encoder():
     """MPNet (the paper's similarity model) when its parts are installed, MiniLM otherwise."""
     from engine.corpus import text
 
-    name = None
-    finder = getattr(text, "mpnet_path", None)
-    if finder is not None:
-        try:
-            name = finder()
-        except Exception as e:  # noqa: BLE001 - fall back to MiniLM, say so
-            log.info("MPNet unavailable (%s); using MiniLM for sentence similarity", e)
-            name = None
+    try:
+        name = text.mpnet_path()
+    except RuntimeError as e:  # its wheels are not installed: fall back to MiniLM, say so
+        log.info("MPNet unavailable (%s); using MiniLM for sentence similarity", e)
+        name = None
     enc = text.sentence_encoder(name)
     return enc, ("all-mpnet-base-v2" if name else "all-MiniLM-L6-v2")
 
