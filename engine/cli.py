@@ -476,6 +476,10 @@ def eval_cmr_cmd(
     max_queries: int | None = typer.Option(300, help="A seeded sample of the queries (None: all)."),
     localizer: Path | None = typer.Option(None, "--localizer"),
     device: str = typer.Option("cpu"),
+    sliding_window: bool = typer.Option(True, "--sliding-window/--no-sliding-window",
+                                        help="Also run the sliding-window localizer baseline."),
+    window_s: list[float] = typer.Option([2.0, 4.0, 6.0], "--window-s",
+                                         help="Sliding-window sizes (s) besides the index's 10 s chunks."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Corpus moment retrieval: Recall@n,IoU@mu and DCG/NDCG over a (k, lambda) grid, with baselines."""
@@ -485,7 +489,8 @@ def eval_cmr_cmd(
     prog, bar = _bars()
     with prog:
         res = cmr_eval(index, out, split=split, ks=k, lams=lam, limit=limit, max_queries=max_queries,
-                       localizer=localizer, device=device, progress=bar)
+                       localizer=localizer, device=device, sliding_window=sliding_window,
+                       window_sizes_s=window_s, progress=bar)
     table = cmr_table(res.results, title=f"{index} ({split}, {res.meta['queries']} queries)")
     (out / "report.md").write_text(table + "\n")
     if as_json:

@@ -125,11 +125,41 @@ def test_localize_and_cmr_evaluation_jobs(pipeline, tmp_path):
 
     res = cmr_eval(index, tmp_path / "cmr", split="train", ks=(6,), lams=(5.0,), limit=10, max_queries=4,
                    localizer=loc_run)
-    assert [r.setting for r in res.results][-1].startswith("Retrieval only")
+    assert [r.setting for r in res.results][-2:] == ["Retrieval only (best 10 s chunk)", "Sliding windows k=6"]
     for r in res.results:
         assert r.n_queries == 4 and all(0.0 <= v <= 1.0 for per in r.recall.values() for v in per.values())
     run = read_run(res.runs["mlp-k6-lam5"])
     assert run.meta["k"] == 6 and len(run.by_query()) == 4
+
+
+def test_sliding_window_cmr_baseline_against_brute_force(pipeline, searcher):
+    """Each moment is the best window of its motion (every 10 s chunk and every 2 s / 4 s window,
+    re-embedded here from the features one by one), motions are the top-k by r, ranked by similarity."""
+    from engine.evaluate import WindowBank, sliding_window_cmr_rows
+
+    idx, model, store = searcher.index, searcher.retrieval, searcher.store
+    bank = WindowBank(idx, model, store, searcher.meta, sizes_s=(2.0, 4.0))
+    text = "a person waves the right hand"
+    rows = sliding_window_cmr_rows(bank, idx, model, {"q": text}, k=5, limit=5)
+    q = model.encode_text([text])[0]
+    mids, r = idx.motion_scores_exact(q[None])
+    top = set(mids[np.argsort(-r[0], kind="stable")[:5]].tolist())
+    assert {row.motion_id for row in rows} == top
+    assert [row.rank for row in rows] == [1, 2, 3, 4, 5]
+    assert [row.score for row in rows] == sorted((row.score for row in rows), reverse=True)
+    for row in rows:
+        feats = np.asarray(store.features(row.motion_id))
+        fps = searcher.meta[row.motion_id]["fps"]
+        n = len(feats)
+        spans = [(c.start_s, c.end_s) for c in idx.table.chunks(idx.embeddings().chunk_ids[
+            idx.embeddings().motion_ids == row.motion_id])]
+        for w in (40, 80):
+            if w < n:
+                spans += [(a / fps, (a + w) / fps) for a in range(0, n - w + 1, w // 2)] + [((n - w) / fps, n / fps)]
+        sims = [float(model.encode_motion([feats[round(a * fps): round(b * fps)]])[0] @ q) for a, b in spans]
+        best = int(np.argmax(sims))
+        assert row.score == pytest.approx(sims[best], abs=1e-4)
+        assert (row.start_s, row.end_s) == pytest.approx(spans[best], abs=1e-6)
 
 
 def test_cli_index_build_caches_the_localizer_encoding(pipeline, tmp_path):
