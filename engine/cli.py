@@ -77,6 +77,11 @@ def _open_store(corpus: Path):
         fail(str(e))
 
 
+DB_URL_OPTION = typer.Option(
+    None, "--db-url", help="SQLAlchemy URL for the metadata, e.g. postgresql+psycopg://user@host/db "
+    "(default: CORPUS/corpus.sqlite; recorded in the corpus manifest).")
+
+
 def _store_import(out: Path, motions, skip_bad: bool, as_json: bool, description: str,
                   total: int | None = None, url: str | None = None, extra_bad: list[str] | None = None) -> None:
     """Feed motions into the store at `out`, with progress; print the report."""
@@ -119,6 +124,7 @@ def data_synth(
     seed: int = typer.Option(0, help="Random seed (same seed, same corpus)."),
     n: int | None = typer.Option(None, "--n", help="Override the preset's number of motions."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    db_url: str | None = DB_URL_OPTION,
 ) -> None:
     """Generate the built-in procedural corpus (40+ actions, untrimmed 10-120 s sequences)."""
     import dataclasses
@@ -133,7 +139,7 @@ def data_synth(
             fail("--n must be positive")
         config = dataclasses.replace(config, n_motions=n)
     _store_import(out, synth.generate(config, seed=seed), False, as_json,
-                  f"synth {preset}", total=config.n_motions)
+                  f"synth {preset}", total=config.n_motions, url=db_url)
 
 
 @import_app.command("bvh")
@@ -145,6 +151,7 @@ def import_bvh(
     source: str | None = typer.Option(None, help="Source name stored with each motion (default: by preset)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Report bad files and import the rest."),
     as_json: bool = typer.Option(False, "--json"),
+    db_url: str | None = DB_URL_OPTION,
 ) -> None:
     """Import BVH motion capture (any skeleton, retargeted to the canonical 22 joints at 20 fps)."""
     from engine.corpus import bvh
@@ -155,7 +162,7 @@ def import_bvh(
     errors: list[str] = []
     motions = bvh.iter_bvh_motions(paths, preset=str(map_file) if map_file else preset, source=source,
                                    skip_bad=skip_bad, errors=errors)
-    _store_import(out, motions, skip_bad, as_json, "import bvh", extra_bad=errors)
+    _store_import(out, motions, skip_bad, as_json, "import bvh", extra_bad=errors, url=db_url)
 
 
 @import_app.command("arrays")
@@ -170,6 +177,7 @@ def import_arrays(
     drop_unlabelled: bool = typer.Option(False, "--drop-unlabelled", help="Skip motions with no annotations."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Report bad records and import the rest."),
     as_json: bool = typer.Option(False, "--json"),
+    db_url: str | None = DB_URL_OPTION,
 ) -> None:
     """Import .npy joints (T x 22 x 3) or 263-features (T x 263) with annotations in the unified schema."""
     from engine.corpus.arrays import iter_array_motions
@@ -178,7 +186,7 @@ def import_arrays(
     it = iter_array_motions(annotations, motions_dir=motions, source=source, fps=fps, layout=layout,
                             splits_dir=splits, keep_unlabelled=not drop_unlabelled, skip_bad=skip_bad,
                             errors=errors)
-    _store_import(out, it, skip_bad, as_json, "import arrays", extra_bad=errors)
+    _store_import(out, it, skip_bad, as_json, "import arrays", extra_bad=errors, url=db_url)
 
 
 @import_app.command("babel")
@@ -195,6 +203,7 @@ def import_babel(
     source: str = typer.Option("babel"),
     skip_bad: bool = typer.Option(False, "--skip-bad"),
     as_json: bool = typer.Option(False, "--json"),
+    db_url: str | None = DB_URL_OPTION,
 ) -> None:
     """Import BABEL frame-level labels with motions from a folder keyed by feat_p."""
     from engine.corpus.babel import iter_babel_motions
@@ -203,7 +212,7 @@ def import_babel(
     it = iter_babel_motions(babel_dir, motions, files=files.split(",") if files else None, label_field=label,
                             keep_transitions=keep_transitions, seq_fallback=not no_seq_fallback, layout=layout,
                             fps=fps, source=source, skip_bad=skip_bad, errors=errors)
-    _store_import(out, it, skip_bad, as_json, "import babel", extra_bad=errors)
+    _store_import(out, it, skip_bad, as_json, "import babel", extra_bad=errors, url=db_url)
 
 
 @import_app.command("humanml3d")
@@ -222,6 +231,7 @@ def import_humanml3d(
     source: str = typer.Option("humanml3d"),
     skip_bad: bool = typer.Option(False, "--skip-bad"),
     as_json: bool = typer.Option(False, "--json"),
+    db_url: str | None = DB_URL_OPTION,
 ) -> None:
     """Import HumanML3D (Restore): crops grouped into untrimmed source motions."""
     from engine.corpus.humanml3d import iter_humanml3d_motions
@@ -236,7 +246,7 @@ def import_humanml3d(
                                 max_moment_ratio=max_moment_ratio, mirror=not no_mirror, split_fractions=fr,
                                 seed=seed, trim_offsets=not keep_offset_frames, source=source,
                                 skip_bad=skip_bad, errors=errors)
-    _store_import(out, it, skip_bad, as_json, "import humanml3d", extra_bad=errors)
+    _store_import(out, it, skip_bad, as_json, "import humanml3d", extra_bad=errors, url=db_url)
 
 
 @import_app.command("amass")
@@ -250,6 +260,7 @@ def import_amass(
     split: str | None = typer.Option(None),
     skip_bad: bool = typer.Option(False, "--skip-bad"),
     as_json: bool = typer.Option(False, "--json"),
+    db_url: str | None = DB_URL_OPTION,
 ) -> None:
     """Import AMASS SMPL-H parameter files through smplx (needs the body model)."""
     from engine.corpus.amass import iter_amass_motions
@@ -257,7 +268,7 @@ def import_amass(
     errors: list[str] = []
     it = iter_amass_motions(paths, body_model, fps=fps, resample=resample, source=source, split=split,
                             skip_bad=skip_bad, errors=errors)
-    _store_import(out, it, skip_bad, as_json, "import amass", extra_bad=errors)
+    _store_import(out, it, skip_bad, as_json, "import amass", extra_bad=errors, url=db_url)
 
 
 @data_app.command("amass-joints")
@@ -294,6 +305,7 @@ def data_compose(
     max_s: float = typer.Option(120.0, "--max-s", help="Longest composed sequence (s)."),
     sets: str = typer.Option("set1,set2", help="Comma-separated Bandai sets to use."),
     as_json: bool = typer.Option(False, "--json"),
+    db_url: str | None = DB_URL_OPTION,
 ) -> None:
     """Compose the real-motion benchmark: untrimmed sequences of labelled Bandai Namco clips."""
     from engine.corpus import compose
@@ -305,7 +317,7 @@ def data_compose(
     errors: list[str] = []
     it = compose.compose_bandai(root, seed=seed, n_motions=n, min_s=min_s, max_s=max_s,
                                 sets=tuple(x for x in sets.split(",") if x), errors=errors)
-    _store_import(out, it, False, as_json, "compose bandai", total=n, extra_bad=errors)
+    _store_import(out, it, False, as_json, "compose bandai", total=n, extra_bad=errors, url=db_url)
 
 
 @data_app.command("stats")

@@ -1,12 +1,44 @@
-"""Shared fixtures: a tiny real pipeline (synth corpus -> localizer trained 1 epoch -> random retrieval
-model -> FAISS index with the localizer cache), built once per session.
+"""Shared fixtures.
 
-`pipeline` gives (corpus_dir, index_dir, localizer_run_dir); `searcher` a Searcher over it.
+- `pipeline`: a tiny real pipeline (synth corpus -> localizer trained 1 epoch -> random retrieval model ->
+  FAISS index with the localizer cache), built once per session: (corpus_dir, index_dir, localizer_run_dir);
+  `searcher` a Searcher over it.
+- `db_url`: the corpus store's metadata database, parametrized: None (SQLite in the corpus directory) and a
+  fresh database on the PostgreSQL server named by ENGINE_TEST_PG_URL (scripts/test.sh starts one). Without
+  that variable the PostgreSQL case skips, unless ENGINE_REQUIRE_POSTGRES=1 (set by scripts/test.sh when it
+  runs as root, as in CI), where it fails.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
+
 import pytest
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request):
+    if request.param == "sqlite":
+        yield None
+        return
+    base = os.environ.get("ENGINE_TEST_PG_URL")
+    if not base:
+        if os.environ.get("ENGINE_REQUIRE_POSTGRES") == "1":
+            pytest.fail("ENGINE_REQUIRE_POSTGRES=1 but ENGINE_TEST_PG_URL is not set")
+        pytest.skip("no PostgreSQL server: set ENGINE_TEST_PG_URL=postgresql+psycopg://user@host:port/db "
+                    "(scripts/test.sh starts a throwaway one)")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"engine_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,6 @@
-"""The corpus store: SQL metadata + Arrow arrays, idempotent import, atomic batches, bad input."""
+"""The corpus store: SQL metadata + Arrow arrays, idempotent import, atomic batches, bad input.
+
+Tests taking the `store` fixture or `db_url` run twice: SQLite and PostgreSQL (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ def _motion(i: int, n_frames: int = 40, seed: int | None = None, **kw) -> Motion
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = CorpusStore.open(tmp_path / "corpus")
+def store(tmp_path, db_url):
+    s = CorpusStore.open(tmp_path / "corpus", url=db_url)
     yield s
     s.close()
 
@@ -130,9 +132,9 @@ def test_failed_commit_removes_its_array_file(store, monkeypatch):
     assert store.stats().motions == 1
 
 
-def test_reopen_and_filters(tmp_path):
+def test_reopen_and_filters(tmp_path, db_url):
     d = tmp_path / "c"
-    with CorpusStore.open(d) as s:
+    with CorpusStore.open(d, url=db_url) as s:
         s.add_motions([_motion(0, split="train"), _motion(1, split="test"), _motion(2, split="test")])
     with pytest.raises(FileNotFoundError, match="not a corpus directory"):
         CorpusStore.open(tmp_path / "nothing", create=False)
@@ -157,3 +159,32 @@ def test_features_computed_from_joints(tmp_path):
         got = s.features(1)
     assert got.shape == (59, 263)
     np.testing.assert_allclose(got, joints_to_features(base.astype(np.float32)), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_import_with_db_url_records_it_in_the_manifest(tmp_path, db_url):
+    """`--db-url` stores the metadata there; later commands find it through the corpus manifest."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    out = tmp_path / "c"
+    args = ["data", "synth", "--preset", "tiny", "--n", "6", "--out", str(out), "--json"]
+    r = CliRunner().invoke(app, args + (["--db-url", db_url] if db_url else []))
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "manifest.json").read_text()).get("url") == db_url
+    assert (out / "corpus.sqlite").exists() == (db_url is None)
+    r = CliRunner().invoke(app, ["data", "stats", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["motions"] == 6
+    with CorpusStore.open(out, create=False) as s:
+        m = s.get_motion(s.motion_ids()[0])
+        assert m.joints.shape[1:] == (22, 3) and s.url.startswith("sqlite" if db_url is None else "postgresql")
+
+
+def test_unreachable_database_is_a_clear_error_and_writes_no_manifest(tmp_path):
+    url = "postgresql+psycopg://someone:secret@127.0.0.1:1/nothing"
+    with pytest.raises(CorpusError, match=r"someone:\*\*\*@127.0.0.1:1/nothing: cannot open the metadata database"):
+        CorpusStore.open(tmp_path / "c", url=url)
+    assert not (tmp_path / "c" / "manifest.json").exists()

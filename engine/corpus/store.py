@@ -42,6 +42,8 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from engine.corpus.skeleton import FEATURE_DIM, N_JOINTS
@@ -180,6 +182,14 @@ def validate_motion(motion: Motion) -> None:
             raise CorpusError(rec, "empty text")
 
 
+def _safe_url(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a parseable URL: show it as given
+        return url
+
+
 def fsync_dir(path: Path) -> None:
     """fsync a directory so a rename inside it is durable (no-op where directories have no fds)."""
     try:
@@ -198,8 +208,15 @@ class CorpusStore:
     def __init__(self, corpus_dir: Path, url: str):
         self.dir = Path(corpus_dir)
         self.url = url
-        self.engine = create_engine(url, future=True)
-        Base.metadata.create_all(self.engine)
+        try:
+            self.engine = create_engine(url, future=True)
+            Base.metadata.create_all(self.engine)
+        except ModuleNotFoundError as e:  # the URL's driver (e.g. psycopg) is not installed
+            raise CorpusError(_safe_url(url), f"database driver {e.name!r} is not installed (for PostgreSQL: "
+                                              "pip install 'motion-search-engine[postgres]')") from e
+        except SQLAlchemyError as e:
+            raise CorpusError(_safe_url(url), f"cannot open the metadata database: "
+                                              f"{str(e.orig if getattr(e, 'orig', None) else e).strip()}") from e
         self._tables: dict[str, pa.Table] = {}
 
     # ------------------------------------------------------------------ opening
@@ -230,9 +247,11 @@ class CorpusStore:
             man = {"format_version": FORMAT_VERSION, "kind": "motion-corpus"}
             if url:
                 man["url"] = url
+            store = cls(d, url or f"sqlite:///{(d / SQLITE_NAME).resolve()}")  # the database opens first
             tmp = man_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(man, indent=2))
             os.replace(tmp, man_path)
+            return store
         if not url:
             url = f"sqlite:///{(d / SQLITE_NAME).resolve()}"
         return cls(d, url)
