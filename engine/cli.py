@@ -492,6 +492,7 @@ def eval_cmr_cmd(
                                         help="Also run the sliding-window localizer baseline."),
     window_s: list[float] = typer.Option([2.0, 4.0, 6.0], "--window-s",
                                          help="Sliding-window sizes (s) besides the index's 10 s chunks."),
+    r_mode: list[str] = typer.Option(["motion"], "--r", help="r in the score, repeatable: motion | moment."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Corpus moment retrieval: Recall@n,IoU@mu and DCG/NDCG over a (k, lambda) grid, with baselines."""
@@ -502,7 +503,7 @@ def eval_cmr_cmd(
     with prog:
         res = cmr_eval(index, out, split=split, ks=k, lams=lam, limit=limit, max_queries=max_queries,
                        localizer=localizer, device=device, sliding_window=sliding_window,
-                       window_sizes_s=window_s, progress=bar)
+                       window_sizes_s=window_s, r_modes=r_mode, progress=bar)
     table = cmr_table(res.results, title=f"{index} ({split}, {res.meta['queries']} queries)")
     (out / "report.md").write_text(table + "\n")
     if as_json:
@@ -528,6 +529,31 @@ def eval_report_cmd(
     if out:
         out.write_text(md)
     typer.echo(md)
+
+
+# ---------------------------------------------------------------------------------------------- serve
+@app.command("serve")
+def serve_cmd(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default; no auth)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    index: Path | None = typer.Option(None, "--index", help="Index directory (default: the built-in corpus's)."),
+    localizer: Path | None = typer.Option(None, "--localizer", help="Localizer run dir (default: shipped model)."),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve the HTTP API (/search, /motions, /docs) and the web page with skeleton previews."""
+    from engine.serve import ServeError, is_loopback, load_searcher, run_server
+
+    if not 0 < port < 65536:
+        fail(f"--port must be in 1..65535 (got {port})")
+    try:
+        searcher = load_searcher(index, localizer=localizer, device=device, notify=lambda m: typer.echo(m, err=True))
+    except ServeError as e:
+        fail(str(e))
+    if not is_loopback(host):
+        typer.echo(f"warning: binding {host}: the API has no authentication", err=True)
+    typer.echo(f"serving on http://{host}:{port}/  (API docs: /docs)", err=True)
+    run_server(searcher, host=host, port=port, log_level=log_level)
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -577,6 +603,8 @@ def search_cmd(
     max_moment_s: float | None = typer.Option(None, help="Only moments at most this long."),
     top_m: int = typer.Option(3, "--top-m", help="Candidate moments per motion (temporal NMS)."),
     no_prune: bool = typer.Option(False, "--no-prune", help="Localize all k motions (no exact top-n pruning)."),
+    r_mode: str = typer.Option("motion", "--r", help="r in the score: motion (the paper: the motion's best chunk) "
+                               "| moment (the best chunk covering the moment)."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Print the moments as JSON."),
 ) -> None:
@@ -591,6 +619,10 @@ def search_cmd(
             validate_query(text)
         except ValueError as e:
             fail(f"query {qid}: {e}" if queries is not None else str(e))
+    from engine.search import R_MODES
+
+    if r_mode not in R_MODES:
+        fail(f"--r must be one of {', '.join(R_MODES)} (got {r_mode!r})")
     if k <= 0:
         fail(f"--k must be positive (got {k})")
     if limit <= 0:
@@ -623,7 +655,7 @@ def search_cmd(
              "with `engine index build --corpus CORPUS_DIR --out INDEX_DIR --model RUN_DIR`")
     results = []
     for qid, text in batch:
-        res = searcher.search(text, k=k, lam=lam, limit=limit, top_m=top_m, prune=not no_prune,
+        res = searcher.search(text, k=k, lam=lam, limit=limit, top_m=top_m, prune=not no_prune, r_mode=r_mode,
                               sources=source or None, min_motion_s=min_motion_s, max_motion_s=max_motion_s,
                               min_moment_s=min_moment_s, max_moment_s=max_moment_s)
         results.append((qid, res))

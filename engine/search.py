@@ -25,6 +25,7 @@ from engine.corpus.types import Moment
 log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 512
+R_MODES = ("motion", "moment")
 
 
 @dataclass
@@ -50,8 +51,9 @@ class RankStats:
     pruned: bool
 
 
-# A localize function: motion ids (a batch) -> for each, a list of (start_s, end_s, p_se).
-LocalizeFn = Callable[[Sequence[int]], list[list[tuple[float, float, float]]]]
+# A localize function: motion ids (a batch) -> for each, a list of (start_s, end_s, p_se) or
+# (start_s, end_s, p_se, r_moment) where the moment carries its own retrieval similarity r_moment <= r.
+LocalizeFn = Callable[[Sequence[int]], list[list[tuple[float, ...]]]]
 
 
 def rank_moments(
@@ -67,7 +69,8 @@ def rank_moments(
     """Score the moments of motions (sorted by decreasing r) and return the best `limit` of them.
 
     `keep(motion_id, start_s, end_s)` filters candidate moments (e.g. by length). With `prune`, the loop
-    stops as soon as `exp(lam * r_next) < n-th best score`: since p_se <= 1 nothing after can enter.
+    stops as soon as `exp(lam * r_next) < n-th best score`: since p_se <= 1 (and a moment's own r, when
+    `localize` gives one, is at most its motion's r) nothing after can enter.
     Ties are broken by the motion's r order, then by start time, so pruned and exhaustive runs agree.
     """
     r = np.asarray(r, dtype=np.float64)
@@ -84,12 +87,14 @@ def rank_moments(
         batches += 1
         localized += len(ids)
         for j, (mid, moments) in enumerate(zip(ids, spans)):
-            weight = math.exp(lam * float(r[b0 + j]))
-            for start_s, end_s, p_se in moments:
+            r_motion = float(r[b0 + j])
+            for start_s, end_s, p_se, *rest in moments:
                 if keep is not None and not keep(mid, start_s, end_s):
                     continue
-                cands.append(Candidate(int(mid), float(start_s), float(end_s), float(p_se), float(r[b0 + j]),
-                                       float(p_se) * weight, b0 + j))
+                # A moment's own r never exceeds its motion's (the bound above relies on it).
+                r_used = min(float(rest[0]), r_motion) if rest else r_motion
+                cands.append(Candidate(int(mid), float(start_s), float(end_s), float(p_se), r_used,
+                                       float(p_se) * math.exp(lam * r_used), b0 + j))
         cands.sort(key=lambda c: (-c.score, c.order, c.start_s))
         if limit is not None:
             del cands[limit:]
@@ -160,8 +165,33 @@ class Searcher:
         self.meta = {row["motion_id"]: row for row in self.store.motion_table()}
         self._encoded: dict[int, object] = {}
         self._labels: dict[int, list] = {}
+        self._chunk_rows: dict[int, tuple[int, int]] | None = None
 
     # ------------------------------------------------------------------ helpers
+    def _motion_chunks(self, motion_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """((C, 2) [start_s, end_s], (C, d) embeddings) of a motion's chunks, from the index's Arrow file."""
+        if self._chunk_rows is None:
+            emb = self.index.embeddings()
+            starts = np.flatnonzero(np.r_[True, emb.motion_ids[1:] != emb.motion_ids[:-1]])
+            ends = np.r_[starts[1:], len(emb.motion_ids)]
+            self._chunk_rows = {int(emb.motion_ids[a]): (int(a), int(b)) for a, b in zip(starts, ends)}
+        emb = self.index.embeddings()
+        a, b = self._chunk_rows[int(motion_id)]
+        spans = np.array([[c.start_s, c.end_s] for c in self.index.chunks(emb.chunk_ids[a:b])], np.float64)
+        return spans.reshape(-1, 2), emb.vectors[a:b]
+
+    def moment_r(self, query_vec: np.ndarray, motion_id: int, start_s: float, end_s: float) -> float:
+        """The best similarity to `query_vec` among the motion's chunks that cover the moment: overlap at least
+        half of the shorter of chunk and moment (the chunk nearest the moment if none does)."""
+        spans, vecs = self._motion_chunks(motion_id)
+        sim = vecs @ query_vec  # (C,)
+        inter = np.clip(np.minimum(spans[:, 1], end_s) - np.maximum(spans[:, 0], start_s), 0.0, None)
+        shorter = np.maximum(np.minimum(spans[:, 1] - spans[:, 0], end_s - start_s), 1e-9)
+        cover = inter / shorter >= 0.5
+        if not cover.any():
+            cover = inter == inter.max()
+        return float(sim[cover].max())
+
     def _encoded_motions(self, motion_ids: Sequence[int]):
         from localizer.infer import EncodedMotion
 
@@ -198,8 +228,17 @@ class Searcher:
     def search(self, text: str, k: int = 200, lam: float = 5.0, limit: int | None = 10, top_m: int = 3,
                nms_iou: float = 0.5, batch_size: int = 32, prune: bool = True, sources: Sequence[str] | None = None,
                min_motion_s: float | None = None, max_motion_s: float | None = None,
-               min_moment_s: float | None = None, max_moment_s: float | None = None) -> SearchResult:
+               min_moment_s: float | None = None, max_moment_s: float | None = None,
+               r_mode: str = "motion") -> SearchResult:
+        """Ranked moments for `text`. Score = p_se * exp(lam * r); `r_mode` picks r:
+
+        - "motion" (the paper): r = the motion's best chunk similarity, shared by all its moments;
+        - "moment": r = the best similarity among the chunks that cover the moment (at least half of the
+          shorter of chunk and moment), so a moment localized away from the matching chunk ranks lower.
+          It is never above the motion's r, so pruning stays exact."""
         text = validate_query(text)
+        if r_mode not in R_MODES:
+            raise ValueError(f"r_mode must be one of {', '.join(R_MODES)} (got {r_mode!r})")
         if k <= 0:
             raise ValueError(f"k must be positive (got {k})")
         if limit is not None and limit <= 0:
@@ -247,6 +286,9 @@ class Searcher:
             spans = self.localizer.localize(text, enc, top_m=top_m, nms_iou=nms_iou, batch_size=batch_size)
             t_enc[0] += t2 - t1
             t_loc[0] += time.perf_counter() - t2
+            if r_mode == "moment":
+                return [[(s.start_s, s.end_s, s.p_se, self.moment_r(q[0], mid, s.start_s, s.end_s)) for s in row]
+                        for mid, row in zip(batch, spans)]
             return [[(s.start_s, s.end_s, s.p_se) for s in row] for row in spans]
 
         use_keep = min_moment_s is not None or max_moment_s is not None

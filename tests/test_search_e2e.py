@@ -68,6 +68,32 @@ def test_filters(searcher):
     assert searcher.search("a person kicks", k=3, sources=["nope"]).moments == []
 
 
+@pytest.mark.parametrize("lam", [5.0, 20.0])
+def test_moment_r_against_brute_force_and_exhaustive(searcher, lam):
+    """r_mode="moment": each moment's r is the best similarity of the chunks covering it (recomputed here from
+    the chunk table and a fresh FAISS-free dot product), at most its motion's r; pruning stays exact."""
+    text = "a person kicks with the left leg"
+    q = searcher.retrieval.encode_text([text])[0]
+    mids, r_motion = searcher.index.motion_scores_exact(q[None])
+    r_of = dict(zip(mids.tolist(), r_motion[0].tolist()))
+    emb = searcher.index.embeddings()
+    res = searcher.search(text, k=10, lam=lam, limit=12, r_mode="moment")
+    full = searcher.search(text, k=10, lam=lam, limit=12, r_mode="moment", prune=False)
+    assert [(m.motion_id, m.start_s, m.end_s) for m in res.moments] == \
+        [(m.motion_id, m.start_s, m.end_s) for m in full.moments]
+    for m in res.moments:
+        rows = np.flatnonzero(emb.motion_ids == m.motion_id)
+        best = -np.inf
+        for row, c in zip(rows, searcher.index.chunks(emb.chunk_ids[rows])):
+            inter = max(0.0, min(c.end_s, m.end_s) - max(c.start_s, m.start_s))
+            if inter >= 0.5 * min(c.end_s - c.start_s, m.end_s - m.start_s):
+                best = max(best, float(np.dot(emb.vectors[row], q)))
+        assert m.r == pytest.approx(best, abs=1e-5) and m.r <= r_of[m.motion_id] + 1e-6
+        assert m.score == pytest.approx(m.p_se * math.exp(lam * m.r), rel=1e-6)
+    with pytest.raises(ValueError, match="r_mode"):
+        searcher.search(text, r_mode="nope")
+
+
 def test_labels_come_from_overlapping_annotations(searcher):
     res = searcher.search("a person claps", k=12, limit=10)
     texts = {a.text for mid in searcher.meta for a in searcher.store.annotations(mid)}
