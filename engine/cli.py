@@ -146,7 +146,7 @@ def data_synth(
 def import_bvh(
     paths: list[Path] = typer.Argument(..., help="BVH files (.bvh, .bvh.gz) or folders to walk."),
     out: Path = typer.Option(..., "--out", help="Corpus directory to create or append to."),
-    preset: str = typer.Option("auto", help="Skeleton preset: auto | bandai | cmu131 | cmu135."),
+    preset: str = typer.Option("auto", help="Skeleton preset: auto | bandai | cmu131 | cmu135 | smpl."),
     map_file: Path | None = typer.Option(None, "--map", help="Custom joint map JSON (see data/README.md)."),
     source: str | None = typer.Option(None, help="Source name stored with each motion (default: by preset)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Report bad files and import the rest."),
@@ -554,6 +554,96 @@ def serve_cmd(
         typer.echo(f"warning: binding {host}: the API has no authentication", err=True)
     typer.echo(f"serving on http://{host}:{port}/  (API docs: /docs)", err=True)
     run_server(searcher, host=host, port=port, log_level=log_level)
+
+
+# ---------------------------------------------------------------------------------------------- export / render
+CLIP_CORPUS_OPTION = typer.Option(None, "--corpus", help="Corpus directory (default: the built-in corpus).")
+CLIP_INDEX_OPTION = typer.Option(None, "--index", help="Use the corpus this index directory was built from.")
+
+
+def _clip_store(corpus: Path | None, index: Path | None):
+    """The store of --corpus, of --index's corpus, or the built-in corpus (prepared on first use)."""
+    from engine.corpus.store import CorpusStore
+    from engine.export import builtin_corpus_ready, corpus_location
+
+    try:
+        if corpus is not None or index is not None or builtin_corpus_ready():
+            where, url = corpus_location(corpus, index)
+        else:
+            typer.echo("preparing the built-in corpus and its index (first run only, a few minutes) ...", err=True)
+            with _progress() as prog:
+                tasks: dict[str, int] = {}
+
+                def bar(stage: str, done: int, total: int) -> None:
+                    if stage not in tasks:
+                        tasks[stage] = prog.add_task(stage, total=total)
+                    prog.update(tasks[stage], completed=done, total=total)
+
+                where, url = corpus_location(progress=bar)
+        return CorpusStore.open(where, url=url, create=False)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        fail(str(e))
+
+
+@app.command("export")
+def export_cmd(
+    motion: str = typer.Argument(..., help="Motion id or name (as `engine search` lists them)."),
+    out: Path = typer.Option(..., "--out", help="File to write."),
+    start: float | None = typer.Option(None, "--start", help="Clip start in seconds (default 0)."),
+    end: float | None = typer.Option(None, "--end", help="Clip end in seconds (default: the motion's end)."),
+    fmt: str | None = typer.Option(None, "--format", help="bvh | npy | json (default: --out's suffix, else bvh)."),
+    corpus: Path | None = CLIP_CORPUS_OPTION,
+    index: Path | None = CLIP_INDEX_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+) -> None:
+    """Write a span of a motion: BVH (SMPL 22 joints, cm), .npy ((F, 22, 3) float32, m) or JSON."""
+    from engine.export import FORMATS, ClipError, clip_joints, resolve_motion_id, serialize_clip, write_atomic
+
+    fmt = fmt or (out.suffix.lower().lstrip(".") if out.suffix.lower().lstrip(".") in FORMATS else "bvh")
+    store = _clip_store(corpus, index)
+    try:
+        clip = clip_joints(store, resolve_motion_id(store, motion), start, end)
+        exported = serialize_clip(clip, fmt)
+        write_atomic(out, exported.data)
+    except (ClipError, OSError) as e:
+        fail(str(e))
+    finally:
+        store.close()
+    if as_json:
+        print_json({"path": str(out), "format": fmt.lower().lstrip("."), "bytes": len(exported.data),
+                    "motion_id": clip.motion_id, "name": clip.name, "fps": clip.fps, "start_s": clip.start_s,
+                    "end_s": clip.end_s, "n_frames": clip.n_frames})
+    else:
+        typer.echo(str(out))
+
+
+@app.command("render")
+def render_cmd(
+    motion: str = typer.Argument(..., help="Motion id or name (as `engine search` lists them)."),
+    out: Path = typer.Option(..., "--out", help="Animation to write: .gif, or .mp4 (needs imageio-ffmpeg)."),
+    start: float | None = typer.Option(None, "--start", help="Highlight start in seconds (default 0)."),
+    end: float | None = typer.Option(None, "--end", help="Highlight end in seconds (default: the motion's end)."),
+    context_s: float = typer.Option(1.0, "--context-s", help="Seconds shown before and after the highlight."),
+    corpus: Path | None = CLIP_CORPUS_OPTION,
+    index: Path | None = CLIP_INDEX_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+) -> None:
+    """Preview a span of a motion as a stick-figure animation (highlighted span in orange)."""
+    from engine.export import ClipError, resolve_motion_id
+    from engine.render import RenderError, render_motion
+
+    store = _clip_store(corpus, index)
+    try:
+        res = render_motion(store, resolve_motion_id(store, motion), out, start, end, context_s=context_s)
+    except (ClipError, RenderError, OSError) as e:
+        fail(str(e))
+    finally:
+        store.close()
+    if as_json:
+        print_json({"path": str(res.path), "n_frames": res.n_frames, "fps": res.fps, "start_s": res.start_s,
+                    "end_s": res.end_s, "highlighted_frames": sum(res.highlighted)})
+    else:
+        typer.echo(str(res.path))
 
 
 # ---------------------------------------------------------------------------------------------- search

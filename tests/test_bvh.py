@@ -313,9 +313,17 @@ def test_iter_skips_bad_files_and_reports_them(tmp_path):
 
 
 def test_unknown_skeleton_asks_for_a_map(tmp_path):
-    path, _ = _good(tmp_path)
+    path, text = _good(tmp_path)
+    path.write_text(text.replace("pelvis", "Hips").replace("spine3", "Chest"))  # no preset knows these
     with pytest.raises(CorpusError, match="unknown skeleton"):
         bvh.bvh_to_motion(path)
+
+
+def test_canonical_joint_names_are_detected_as_smpl(tmp_path):
+    path, _ = _good(tmp_path)
+    assert bvh.detect_preset(bvh.read_bvh(path)).name == "smpl"
+    m = bvh.bvh_to_motion(path)
+    assert m.joints.shape[1:] == (22, 3)
 
 
 # ------------------------------------------------------------------------------------- labels

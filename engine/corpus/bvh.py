@@ -9,7 +9,8 @@ Pipeline of `bvh_to_motion`:
 2. A `SkeletonPreset` says which BVH joint (or weighted blend of a BVH joint and its child) each
    SMPL joint is, the unit scale (or auto-detection), the axis convention, and whether frame 0 is
    a T-pose reference to drop. Presets: ``bandai``, ``cmu131``, ``cmu135``, auto-detected from the
-   joint names; a custom map is a JSON file (see `load_joint_map`).
+   joint names, and ``smpl`` (the canonical joint names, as `engine export` writes them);
+   a custom map is a JSON file (see `load_joint_map`).
 3. Resampling to 20 fps happens on the *local rotations* (quaternion slerp) and translations
    (linear), and forward kinematics (vectorised over frames) runs on the resampled channels, so bone
    lengths stay exactly constant. (Linear interpolation of joint *positions* would shorten bones
@@ -484,14 +485,19 @@ CMU135 = make_preset("cmu135", {
     "r_elbow": "rForeArm", "l_wrist": "lHand", "r_wrist": "rHand",
 }, scale_m=0.01, drop_frames=13, source="cmu", detect=("hip", "abdomen", "lButtock", "rThigh", "lShldr"))
 
-PRESETS: dict[str, SkeletonPreset] = {p.name: p for p in (BANDAI, CMU131, CMU135)}
+# The canonical joint names, as `engine export --format bvh` writes them (cm; units auto-detected). Chosen
+# by name only (empty `detect`): SMPL-named files from other tools differ in axes and conventions.
+SMPL = make_preset("smpl", {j: j for j in JOINT_NAMES}, source="bvh",
+                   detect=("pelvis", "l_hip", "spine3", "l_collar", "r_wrist"))
+
+PRESETS: dict[str, SkeletonPreset] = {p.name: p for p in (BANDAI, CMU131, CMU135, SMPL)}
 
 
 def detect_preset(bvh: BvhData) -> SkeletonPreset:
     """The preset whose `detect` names all occur in the file; CorpusError when none fits."""
     names = {n.name for n in bvh.nodes}
     for p in PRESETS.values():
-        if all(d in names for d in p.detect):
+        if p.detect and all(d in names for d in p.detect):
             return p
     raise CorpusError(bvh.path, "unknown skeleton (no preset matches joints "
                                 f"{', '.join(bvh.joint_names[:12])}{', ...' if len(bvh.joint_names) > 12 else ''}); "
