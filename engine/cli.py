@@ -493,17 +493,33 @@ def eval_cmr_cmd(
     window_s: list[float] = typer.Option([2.0, 4.0, 6.0], "--window-s",
                                          help="Sliding-window sizes (s) besides the index's 10 s chunks."),
     r_mode: list[str] = typer.Option(["motion"], "--r", help="r in the score, repeatable: motion | moment."),
+    backend: str = typer.Option("local", "--backend", help="local | ray (queries spread over Ray workers)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster: auto | ray://HOST:10001 "
+                                           "(default: start a local Ray)."),
+    ray_workers: int = typer.Option(2, "--ray-workers", help="Ray search workers (one Searcher each)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Corpus moment retrieval: Recall@n,IoU@mu and DCG/NDCG over a (k, lambda) grid, with baselines."""
     from engine.evaluate import cmr_eval
+    from engine.search import R_MODES
     from eval.report import cmr_table
 
+    if backend not in ("local", "ray"):
+        fail(f"--backend {backend!r}: choose one of local, ray")
+    bad = [m for m in r_mode if m not in R_MODES]
+    if bad:
+        fail(f"--r {bad[0]!r}: choose from {', '.join(R_MODES)}")
     prog, bar = _bars()
-    with prog:
-        res = cmr_eval(index, out, split=split, ks=k, lams=lam, limit=limit, max_queries=max_queries,
-                       localizer=localizer, device=device, sliding_window=sliding_window,
-                       window_sizes_s=window_s, r_modes=r_mode, progress=bar)
+    from engine.corpus.types import CorpusError
+
+    try:
+        with prog:
+            res = cmr_eval(index, out, split=split, ks=k, lams=lam, limit=limit, max_queries=max_queries,
+                           localizer=localizer, device=device, sliding_window=sliding_window,
+                           window_sizes_s=window_s, r_modes=r_mode, backend=backend, ray_address=ray_address,
+                           ray_workers=ray_workers, progress=bar)
+    except (CorpusError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
+        fail(f"eval cmr: {e}")
     table = cmr_table(res.results, title=f"{index} ({split}, {res.meta['queries']} queries)")
     (out / "report.md").write_text(table + "\n")
     if as_json:

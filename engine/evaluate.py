@@ -228,7 +228,8 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
              ks: Sequence[int] = (100, 200), lams: Sequence[float] = (5.0, 10.0), limit: int = 100,
              max_queries: int | None = 300, localizer: str | Path | None = None, device: str = "cpu",
              sliding_window: bool = True, window_sizes_s: Sequence[float] = (2.0, 4.0, 6.0),
-             r_modes: Sequence[str] = ("motion",), progress: Callable[[str, int, int], None] | None = None) -> EvalOutput:
+             r_modes: Sequence[str] = ("motion",), backend: str = "local", ray_address: str | None = None,
+             ray_workers: int = 2, progress: Callable[[str, int, int], None] | None = None) -> EvalOutput:
     """Corpus moment retrieval on the index's corpus, queries = annotations of `split` (all motions searched).
 
     Methods: the MLP searcher on the (k, lambda) grid; baselines retrieval only (best 10 s chunk, ranked by
@@ -278,27 +279,47 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
 
     total = len(r_modes) * len(ks) * len(lams) * len(queries)
     done = 0
-    for r_mode, k, lam in itertools.product(r_modes, ks, lams):
-        rows = []
-        t0 = time.perf_counter()
-        localized = []
-        for qid, text in queries.items():
-            res = searcher.search(text, k=k, lam=lam, limit=limit, r_mode=r_mode)
-            rows.extend(rows_from_moments(qid, text, res.moments))
-            localized.append(res.localized)
-            done += 1
-            if progress:
-                progress("cmr", done, total)
-        dt = time.perf_counter() - t0
-        suffix = "" if r_mode == "motion" else f"-r{r_mode}"
-        name = f"mlp-k{k}-lam{lam:g}{suffix}"
-        output.timings_s[name] = dt
-        output.runs[name] = write_run(out_dir / f"run-{name}.jsonl", rows,
-                                      meta={"method": "MLP", "k": k, "lam": lam, "r_mode": r_mode})
-        r = score(rows, f"MLP k={k}, λ={lam:g}" + ("" if r_mode == "motion" else f", {r_mode} r"), k, lam)
-        r.k, r.lam = k, lam
-        output.results.append(r)
-        output.meta[f"{name}_mean_localized"] = float(np.mean(localized))
+    pool = None
+    if backend == "ray":  # the queries spread over Ray workers, each with its own Searcher (loaded once)
+        from engine.distributed import RaySearchPool
+
+        pool = RaySearchPool(index_dir, localizer=localizer, device=device, num_workers=ray_workers,
+                             address=ray_address)
+    elif backend != "local":
+        raise ValueError(f"backend must be local or ray (got {backend!r})")
+    try:
+        for r_mode, k, lam in itertools.product(r_modes, ks, lams):
+            rows = []
+            t0 = time.perf_counter()
+            localized = []
+            if pool is not None:
+                by_query = pool.search(list(queries.items()), k=k, lam=lam, limit=limit, r_mode=r_mode)
+                for qid, text in queries.items():
+                    rows.extend(rows_from_moments(qid, text, by_query[qid]))
+                done += len(queries)
+                if progress:
+                    progress("cmr", done, total)
+            for qid, text in (queries.items() if pool is None else ()):
+                res = searcher.search(text, k=k, lam=lam, limit=limit, r_mode=r_mode)
+                rows.extend(rows_from_moments(qid, text, res.moments))
+                localized.append(res.localized)
+                done += 1
+                if progress:
+                    progress("cmr", done, total)
+            dt = time.perf_counter() - t0
+            suffix = "" if r_mode == "motion" else f"-r{r_mode}"
+            name = f"mlp-k{k}-lam{lam:g}{suffix}"
+            output.timings_s[name] = dt
+            output.runs[name] = write_run(out_dir / f"run-{name}.jsonl", rows,
+                                          meta={"method": "MLP", "k": k, "lam": lam, "r_mode": r_mode})
+            r = score(rows, f"MLP k={k}, λ={lam:g}" + ("" if r_mode == "motion" else f", {r_mode} r"), k, lam)
+            r.k, r.lam = k, lam
+            output.results.append(r)
+            if localized:
+                output.meta[f"{name}_mean_localized"] = float(np.mean(localized))
+    finally:
+        if pool is not None:
+            pool.close()
 
     # Retrieval-only baseline: each of the top motions' best chunk is the moment, ranked by r.
     rows = []

@@ -16,6 +16,11 @@ Stages (each skipped on a re-run when its done marker exists): `plan` -> `chunk`
 `features` (only with a motion_feature_fn) -> `write`, then `publish` switches ``INDEX_DIR/CURRENT``
 atomically. Until then the previous version stays live and verifies clean, wherever a build is killed.
 
+The embed stage embeds its unfinished blocks in this process, or hands them to an `EmbedBackend` such
+as `indexer.ray_backend.RayEmbedBackend` (Ray Data workers). A backend only computes the vectors; the
+stage writes each block file, so resuming, the files and the published index are the same whichever
+backend embedded them (the manifest's `build.embed_backend` names the one of the run that finished it).
+
 `add_to_index` / `remove_from_index` / `sync_index` make a new version from the live one, re-using the
 embeddings of unchanged motions; chunk ids are deterministic (see indexer/chunks.py), so the result
 equals a full rebuild.
@@ -468,6 +473,61 @@ def _model_from(model, device: str | None):
     return load_retrieval(model, device=device)
 
 
+# ---------------------------------------------------------------------------------------------- embed backends
+@dataclass
+class EmbedJob:
+    """The unfinished blocks of an embed stage, and everything a worker needs to embed them.
+
+    In-process backends use `model` and `store`; out-of-process workers load `model_path` (the version's
+    model.pt, checked against `model_fingerprint`) and open the corpus from `corpus` ({"dir", "url"?}),
+    so both must sit on storage the workers see."""
+
+    blocks: list[tuple[int, list[ChunkSpan]]]  # (block index, its chunks in chunk_id order)
+    motion_fps: dict[int, float]
+    model: Any  # RetrievalModel
+    model_path: Path
+    model_fingerprint: str
+    store: Any  # CorpusStore
+    corpus: dict[str, Any]
+    batch_size: int  # chunks per encoder batch
+    dtype: str  # fp32 | bf16
+
+    @property
+    def n_chunks(self) -> int:
+        return sum(len(block) for _, block in self.blocks)
+
+
+class EmbedBackend:
+    """Another way for the embed stage to compute vectors (the default, `embed_backend=None`, embeds block
+    after block in this process): `embed_blocks(job)` yields (block index, (n, embed_dim) float32 unit rows
+    in the block's chunk order) for every block of `job`, in any order, as each is ready. It writes
+    nothing; the stage writes each block as it arrives, so a killed build keeps the finished ones."""
+
+    name = "base"
+
+    def embed_blocks(self, job: EmbedJob) -> Iterator[tuple[int, np.ndarray]]:
+        raise NotImplementedError
+
+
+def embed_chunks(model, spans: Iterable[ChunkSpan], motion_fps: dict[int, float],
+                 features_of: Callable[[int], np.ndarray], batch_size: int, dtype: str) -> np.ndarray:
+    """(n, embed_dim) float32 vectors of chunks: their feature windows at the model's fps, encoded."""
+    windows = [chunk_window(features_of(c.motion_id), c, motion_fps[c.motion_id], model.config.fps) for c in spans]
+    return model.encode_motion(windows, batch_size=batch_size, dtype=dtype)
+
+
+def feature_reader(store) -> Callable[[int], np.ndarray]:
+    """motion_id -> features, keeping the last motion's (chunks arrive grouped by motion)."""
+    cache: dict[int, np.ndarray] = {}
+
+    def get(motion_id: int) -> np.ndarray:
+        if motion_id not in cache:
+            cache.clear()
+            cache[motion_id] = store.features(motion_id)
+        return cache[motion_id]
+    return get
+
+
 # ---------------------------------------------------------------------------------------------- build
 @dataclass
 class _Build:
@@ -489,6 +549,7 @@ class _Build:
     motion_feature_fn: MotionFeatureFn | None
     motion_feature_tag: str | None
     progress: ProgressFn | None
+    embed_backend: EmbedBackend | None = None  # None: embed in this process
     stages_run: list[str] = field(default_factory=list)
     n_embedded: int = 0
     embed_seconds: float = 0.0
@@ -541,26 +602,20 @@ def _blocks(spans: list[ChunkSpan], size: int) -> Iterator[tuple[int, list[Chunk
 
 
 def _embed_block(b: _Build, spans: list[ChunkSpan], features_of: Callable[[int], np.ndarray]) -> np.ndarray:
-    fps = {m.motion_id: m.fps for m in b.motions}
-    windows = [chunk_window(features_of(c.motion_id), c, fps[c.motion_id], b.model.config.fps) for c in spans]
-    return b.model.encode_motion(windows, batch_size=b.config.batch_size, dtype=b.config.dtype)
+    return embed_chunks(b.model, spans, {m.motion_id: m.fps for m in b.motions}, features_of,
+                        b.config.batch_size, b.config.dtype)
 
 
-def _feature_reader(store) -> Callable[[int], np.ndarray]:
-    cache: dict[int, np.ndarray] = {}
-
-    def get(motion_id: int) -> np.ndarray:
-        if motion_id not in cache:
-            cache.clear()  # chunks arrive grouped by motion: keep one motion's features
-            cache[motion_id] = store.features(motion_id)
-        return cache[motion_id]
-    return get
+def _local_blocks(b: _Build, todo: list[tuple[int, list[ChunkSpan]]]) -> Iterator[tuple[int, np.ndarray]]:
+    features_of = feature_reader(b.store)
+    for k, block in todo:
+        yield k, _embed_block(b, block, features_of)
 
 
 def stage_embed(b: _Build) -> None:
     """Writes `embed/reused.arrow` (rows of unchanged motions copied from the base version) and
     `embed/block-NNNNNN.arrow`, one per block of new chunks, each renamed into place when complete
-    (a killed build re-embeds only the unfinished blocks)."""
+    (a killed build re-embeds only the unfinished blocks, whichever backend embeds them)."""
     edir = b.vdir / EMBED_DIR
     edir.mkdir(exist_ok=True)
     spans = b.spans
@@ -578,19 +633,51 @@ def stage_embed(b: _Build) -> None:
     total = len(new_spans)
     if total and b.store is None:
         raise CorpusError("index build", "new chunks to embed but no corpus given")
-    features_of = _feature_reader(b.store) if total else None
-    done = 0
-    for k, block in _blocks(new_spans, b.config.block_chunks):
-        path = edir / f"block-{k:06d}.arrow"
-        if not path.exists():
-            t0 = time.perf_counter()
-            vecs = _embed_block(b, block, features_of)
-            b.embed_seconds += time.perf_counter() - t0
-            b.n_embedded += len(block)
-            write_embeddings(path, Embeddings(np.array([c.chunk_id for c in block], np.int64),
-                                              np.array([c.motion_id for c in block], np.int64), vecs))
+    todo = [(k, block) for k, block in _blocks(new_spans, b.config.block_chunks)
+            if not (edir / f"block-{k:06d}.arrow").exists()]
+    done = total - sum(len(block) for _, block in todo)
+    b.tick("embed", done, total)
+    if not todo:
+        return
+    blocks = dict(todo)
+    backend = b.embed_backend
+    name = backend.name if backend is not None else "local"
+    log.info("%s: embedding %d chunks in %d blocks (%s backend)", b.version, total - done, len(todo), name)
+    if backend is None:
+        pieces = _local_blocks(b, todo)
+    else:
+        pieces = backend.embed_blocks(EmbedJob(
+            blocks=todo, motion_fps={m.motion_id: m.fps for m in b.motions}, model=b.model,
+            model_path=b.vdir / MODEL_FILE, model_fingerprint=b.spec["model"], store=b.store,
+            corpus=_corpus_info(b.store), batch_size=b.config.batch_size, dtype=b.config.dtype))
+    try:
+        _write_blocks(b, edir, pieces, blocks, name, done, total)
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()  # a generator backend releases its workers even when a write fails
+
+
+def _write_blocks(b: _Build, edir: Path, pieces: Iterable[tuple[int, np.ndarray]],
+                  blocks: dict[int, list[ChunkSpan]], name: str, done: int, total: int) -> None:
+    t0 = time.perf_counter()
+    for k, vecs in pieces:
+        b.embed_seconds += time.perf_counter() - t0  # embedding time only, not block writes
+        block = blocks.pop(k, None)
+        if block is None:
+            raise RuntimeError(f"{name} embed backend: unexpected or repeated block {k}")
+        if vecs.shape != (len(block), b.model.config.embed_dim):
+            raise RuntimeError(f"{name} embed backend: block {k} came back with shape {vecs.shape}, "
+                               f"expected {(len(block), b.model.config.embed_dim)}")
+        write_embeddings(edir / f"block-{k:06d}.arrow",
+                         Embeddings(np.array([c.chunk_id for c in block], np.int64),
+                                    np.array([c.motion_id for c in block], np.int64), vecs))
+        b.n_embedded += len(block)
         done += len(block)
         b.tick("embed", done, total)
+        t0 = time.perf_counter()
+    if blocks:
+        raise RuntimeError(f"{name} embed backend returned no vectors for blocks {sorted(blocks)[:10]}")
 
 
 def stage_features(b: _Build) -> None:
@@ -651,7 +738,8 @@ def stage_write(b: _Build) -> None:
         corpus=b.corpus_info, recall=b.recall, motion_feature_tag=b.motion_feature_tag, created_utc=_now(),
         build={"op": b.op, "base_version": b.spec["base_version"], "motion_list_sha": b.spec["motions"],
                "embedded_chunks": sum(c.motion_id not in b.reuse for c in b.spans),
-               "reused_chunks": sum(c.motion_id in b.reuse for c in b.spans), "reused_motions": len(b.reuse)},
+               "reused_chunks": sum(c.motion_id in b.reuse for c in b.spans), "reused_motions": len(b.reuse),
+               "embed_backend": b.embed_backend.name if b.embed_backend is not None else "local"},
     )
     manifest.write(b.vdir)
     fsync_dir(b.vdir)
@@ -676,7 +764,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def _run_build(index_dir: Path, op: str, config: IndexConfig, model, store, motions: list[IndexedMotion],
                reuse: set[int], base_version: str | None, corpus_info: dict[str, Any],
                motion_feature_fn: MotionFeatureFn | None, motion_feature_tag: str | None,
-               progress: ProgressFn | None, force: bool) -> BuildReport:
+               progress: ProgressFn | None, force: bool, embed_backend: EmbedBackend | None = None) -> BuildReport:
     """Plan-to-publish of one version; resumes a matching unfinished build. Caller holds the lock."""
     t0 = time.perf_counter()
     if not motions:
@@ -721,7 +809,7 @@ def _run_build(index_dir: Path, op: str, config: IndexConfig, model, store, moti
     base_vdir = version_dir(index_dir, base_version) if base_version else None
     base_manifest = Manifest.read(base_vdir) if base_vdir else None
     b = _Build(index_dir, vdir, vdir.name, op, spec, config, model, store, motions, reuse, base_vdir,
-               base_manifest, corpus_info, motion_feature_fn, motion_feature_tag, progress)
+               base_manifest, corpus_info, motion_feature_fn, motion_feature_tag, progress, embed_backend)
     if resumed:
         log.info("%s: resuming unfinished build %s", index_dir, b.version)
     if not (vdir / MANIFEST).exists():
@@ -753,13 +841,15 @@ def _run_build(index_dir: Path, op: str, config: IndexConfig, model, store, moti
 def build_index(corpus, index_dir: str | os.PathLike, model, config: IndexConfig | None = None,
                 device: str | None = None, motion_feature_fn: MotionFeatureFn | None = None,
                 motion_feature_tag: str | None = None, progress: ProgressFn | None = None,
-                force: bool = False) -> BuildReport:
+                force: bool = False, embed_backend: EmbedBackend | None = None) -> BuildReport:
     """Full build of every (split/source-filtered) corpus motion into a new version of `index_dir`.
 
     `corpus`: a CorpusStore or its directory. `model`: a RetrievalModel, a run directory or a checkpoint.
     A killed build re-run with the same arguments resumes; an up-to-date index is left alone unless
     `force`. `motion_feature_fn(features (T-1, 263)) -> array` caches a per-motion array (e.g. the
     localizer's query-independent features) keyed by motion_id; `motion_feature_tag` names it.
+    `embed_backend` (e.g. `indexer.ray_backend.RayEmbedBackend`) computes the chunk vectors elsewhere;
+    None embeds in this process. Either gives the same index.
     """
     config = config or IndexConfig()
     index_dir = Path(index_dir)
@@ -768,7 +858,7 @@ def build_index(corpus, index_dir: str | os.PathLike, model, config: IndexConfig
     with _locked(index_dir):
         motions = _corpus_motions(store, config)
         return _run_build(index_dir, "full", config, model, store, motions, set(), None, _corpus_info(store),
-                          motion_feature_fn, motion_feature_tag, progress, force)
+                          motion_feature_fn, motion_feature_tag, progress, force, embed_backend)
 
 
 def _live(index_dir: Path) -> tuple[str, Path, Manifest]:
@@ -785,7 +875,8 @@ def _live(index_dir: Path) -> tuple[str, Path, Manifest]:
 
 def rebuild_index(index_dir: str | os.PathLike, corpus=None, model=None, config: IndexConfig | None = None,
                   device: str | None = None, motion_feature_fn: MotionFeatureFn | None = None,
-                  motion_feature_tag: str | None = None, progress: ProgressFn | None = None) -> BuildReport:
+                  motion_feature_tag: str | None = None, progress: ProgressFn | None = None,
+                  embed_backend: EmbedBackend | None = None) -> BuildReport:
     """Full rebuild into a new version; corpus, model and config default to the live version's."""
     index_dir = Path(index_dir)
     _, vdir, man = _live(index_dir)
@@ -797,7 +888,7 @@ def rebuild_index(index_dir: str | os.PathLike, corpus=None, model=None, config:
         model = RetrievalModel.load(vdir / MODEL_FILE, device=device)
     return build_index(corpus, index_dir, model, config or IndexConfig.from_dict(man.config), device=device,
                        motion_feature_fn=motion_feature_fn, motion_feature_tag=motion_feature_tag,
-                       progress=progress, force=True)
+                       progress=progress, force=True, embed_backend=embed_backend)
 
 
 def _store_from_info(info: dict[str, Any]):
@@ -810,7 +901,8 @@ def _store_from_info(info: dict[str, Any]):
 
 def _update(index_dir: Path, op: str, corpus, add_ids: Iterable[int] | None, remove_ids: Iterable[int],
             add_all_missing: bool, device: str | None, motion_feature_fn: MotionFeatureFn | None,
-            motion_feature_tag: str | None, progress: ProgressFn | None) -> BuildReport:
+            motion_feature_tag: str | None, progress: ProgressFn | None,
+            embed_backend: EmbedBackend | None = None) -> BuildReport:
     with _locked(index_dir):
         current, vdir, man = _live(index_dir)
         config = IndexConfig.from_dict(man.config)
@@ -853,7 +945,8 @@ def _update(index_dir: Path, op: str, corpus, add_ids: Iterable[int] | None, rem
             motion_feature_fn = _no_features  # every motion is re-used; never called
         corpus_info = _corpus_info(store) if store is not None else man.corpus
         return _run_build(index_dir, op, config, model, store, [motions[k] for k in sorted(motions)], reuse,
-                          current, corpus_info, motion_feature_fn, tag, progress, force=False)
+                          current, corpus_info, motion_feature_fn, tag, progress, force=False,
+                          embed_backend=embed_backend)
 
 
 def _no_features(features: np.ndarray) -> np.ndarray:  # pragma: no cover - guarded above
@@ -862,11 +955,12 @@ def _no_features(features: np.ndarray) -> np.ndarray:  # pragma: no cover - guar
 
 def add_to_index(index_dir: str | os.PathLike, corpus=None, motion_ids: Iterable[int] | None = None,
                  device: str | None = None, motion_feature_fn: MotionFeatureFn | None = None,
-                 motion_feature_tag: str | None = None, progress: ProgressFn | None = None) -> BuildReport:
+                 motion_feature_tag: str | None = None, progress: ProgressFn | None = None,
+                 embed_backend: EmbedBackend | None = None) -> BuildReport:
     """New version with `motion_ids` (default: every corpus motion not yet indexed, within the index's
     split/source filter) added; unchanged motions keep their embeddings. Uses the live version's model."""
     return _update(Path(index_dir), "add", corpus, motion_ids, (), motion_ids is None, device,
-                   motion_feature_fn, motion_feature_tag, progress)
+                   motion_feature_fn, motion_feature_tag, progress, embed_backend)
 
 
 def remove_from_index(index_dir: str | os.PathLike, motion_ids: Iterable[int],
@@ -877,10 +971,10 @@ def remove_from_index(index_dir: str | os.PathLike, motion_ids: Iterable[int],
 
 def sync_index(index_dir: str | os.PathLike, corpus=None, device: str | None = None,
                motion_feature_fn: MotionFeatureFn | None = None, motion_feature_tag: str | None = None,
-               progress: ProgressFn | None = None) -> BuildReport:
+               progress: ProgressFn | None = None, embed_backend: EmbedBackend | None = None) -> BuildReport:
     """New version matching the corpus: new motions added, motions gone from it removed."""
     return _update(Path(index_dir), "sync", corpus, None, (), True, device, motion_feature_fn,
-                   motion_feature_tag, progress)
+                   motion_feature_tag, progress, embed_backend)
 
 
 def prune_versions(index_dir: str | os.PathLike, keep: int = 2) -> list[str]:

@@ -88,6 +88,20 @@ def _load_model(model: Path | None, device: str | None):
         _fail(str(e))
 
 
+def _embed_backend(backend: str, address: str | None, num_cpus: int | None, workers: int | None):
+    """The build's embed backend for `--backend` (None: this process); exits with a message when unusable."""
+    from indexer.ray_backend import BACKENDS, RayOptions, RayUnavailable, make_backend
+
+    if backend not in BACKENDS:
+        _fail(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "local" and (address or num_cpus or workers):
+        typer.echo("warning: --ray-* options are ignored without --backend ray", err=True)
+    try:
+        return make_backend(backend, RayOptions(address=address, num_cpus=num_cpus, num_workers=workers))
+    except RayUnavailable as e:
+        _fail(str(e))
+
+
 def _report_build(rep, as_json: bool) -> None:
     if as_json:
         _print_json(rep.to_dict())
@@ -117,6 +131,15 @@ def index_build(
     force: bool = typer.Option(False, "--force", help="Build even when the live version is up to date."),
     localizer: Path | None = typer.Option(None, "--localizer",
                                           help="Localizer run: cache its query-independent motion encoding."),
+    backend: str = typer.Option("local", "--backend",
+                                help="local | ray: embed the chunks in this process or on Ray Data workers."),
+    ray_address: str | None = typer.Option(None, "--ray-address",
+                                           help="Ray cluster to use ('auto', 'ray://HOST:10001'); default: "
+                                                "start a local Ray for this build."),
+    ray_num_cpus: int | None = typer.Option(None, "--ray-num-cpus", min=1,
+                                            help="CPUs of the local Ray started for this build (default: all)."),
+    ray_workers: int | None = typer.Option(None, "--ray-workers", min=1,
+                                           help="Embed workers, 1 CPU each (default: one per cluster CPU)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Chunk every motion (10 s windows, 1 s stride), embed the chunks and write a new index version."""
@@ -128,13 +151,14 @@ def index_build(
                              batch_size=batch_size)
     except ValueError as e:
         _fail(str(e))
+    embed_backend = _embed_backend(backend, ray_address, ray_num_cpus, ray_workers)
     fn, tag = _feature_fn(localizer, device)
     store = _open_corpus(corpus)
     m = _load_model(model, device)
     try:
         with _Bars() as bars:
             rep = build_index(store, out, m, config, device=device, progress=bars, force=force,
-                              motion_feature_fn=fn, motion_feature_tag=tag)
+                              motion_feature_fn=fn, motion_feature_tag=tag, embed_backend=embed_backend)
     except (CorpusError, RuntimeError) as e:
         _fail(f"{e}\n(the previous version, if any, is still live; re-run to resume)")
     finally:

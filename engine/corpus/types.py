@@ -89,3 +89,6 @@ class CorpusError(ValueError):
         super().__init__(f"{where}: {problem}")
         self.where = where
         self.problem = problem
+
+    def __reduce__(self):  # picklable across processes (Ray workers, multiprocessing)
+        return (type(self), (self.where, self.problem))
