@@ -28,13 +28,15 @@ def _key(moments):
     return [(m["motion_id"], m["start_s"], m["end_s"], m["score"]) for m in moments]
 
 
-@pytest.mark.parametrize("q,k,lam,limit", [("kung fu pose", 8, 5.0, 10), ("a person waves the right hand", 12, 2.5, 3),
-                                            ("someone jumps", 3, 0.0, 20)])
-def test_search_equals_the_searcher(client, searcher, q, k, lam, limit):
-    r = client.get("/search", params={"q": q, "k": k, "lam": lam, "limit": limit})
+@pytest.mark.parametrize("q,k,lam,limit,r_mode", [("kung fu pose", 8, 5.0, 10, None),
+                                                   ("a person waves the right hand", 12, 2.5, 3, "motion"),
+                                                   ("someone jumps", 3, 0.0, 20, "moment")])
+def test_search_equals_the_searcher(client, searcher, q, k, lam, limit, r_mode):
+    params = {"q": q, "k": k, "lam": lam, "limit": limit} | ({"r": r_mode} if r_mode else {})
+    r = client.get("/search", params=params)
     assert r.status_code == 200, r.text
     body = r.json()
-    want = searcher.search(q, k=k, lam=lam, limit=limit)
+    want = searcher.search(q, k=k, lam=lam, limit=limit, r_mode=r_mode or "moment")  # the API's default
     assert body["query"] == want.query and body["k"] == want.k and body["lam"] == lam
     assert len(body["moments"]) == len(want.moments) > 0
     for i, (got, m) in enumerate(zip(body["moments"], want.moments), 1):
@@ -71,6 +73,7 @@ def test_search_defaults_and_k_larger_than_the_corpus(client, searcher):
     ({"q": "walk", "lam": "nan"}, "lam"),
     ({"q": "walk", "lam": "inf"}, "lam"),
     ({"q": "walk", "lam": "-inf"}, "lam"),
+    ({"q": "walk", "r": "chunk"}, "r"),
     ({"q": "walk", "lam": "five"}, "lam"),
 ])
 def test_bad_search_parameters_are_4xx_with_a_message(client, params, where):

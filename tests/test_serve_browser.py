@@ -97,7 +97,7 @@ def test_search_page_previews_and_bvh_download(browser, server_url, searcher, tm
     page.wait_for_selector("#results li.moment", timeout=15_000)
 
     rows = page.locator("#results li.moment")
-    want = searcher.search("kung fu pose", k=8, limit=5).moments
+    want = searcher.search("kung fu pose", k=8, limit=5, r_mode="moment").moments
     assert rows.count() == len(want) > 0
     scores = [float(s) for s in rows.locator(".score").all_inner_texts()]
     assert scores == pytest.approx([m.score for m in want], abs=1e-3)

@@ -21,7 +21,7 @@ import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -209,6 +209,8 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
         k: int = Query(200, ge=1, le=MAX_K, description="Motions retrieved before localization."),
         lam: float = Query(5.0, ge=0.0, le=MAX_LAM, allow_inf_nan=False, description="Score = p_se * exp(lam * r)."),
         limit: int = Query(10, ge=1, le=MAX_LIMIT, description="Moments to return."),
+        r: Literal["moment", "motion"] = Query("moment", description="r in the score: moment (the best chunk "
+                                               "covering the moment) or motion (the paper: the motion's best chunk)."),
     ) -> SearchOut:
         """Ranked moments for a sentence (retrieve top-k motions, localize, score, rank)."""
         from engine.search import validate_query
@@ -220,7 +222,7 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
         s = holder.get()
         with holder.lock:
             k_eff = min(k, max(1, len(s.meta)))
-            res = s.search(text, k=k_eff, lam=lam, limit=limit)
+            res = s.search(text, k=k_eff, lam=lam, limit=limit, r_mode=r)
             moments = [MomentOut(rank=i, motion_id=m.motion_id, name=m.name, source=m.source, start_s=m.start_s,
                                  end_s=m.end_s, score=m.score, p_se=m.p_se, r=m.r, label=m.label,
                                  duration_s=float(s.meta[m.motion_id]["duration_s"]))
