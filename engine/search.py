@@ -177,8 +177,9 @@ class Searcher:
             self._chunk_rows = {int(emb.motion_ids[a]): (int(a), int(b)) for a, b in zip(starts, ends)}
         emb = self.index.embeddings()
         a, b = self._chunk_rows[int(motion_id)]
-        spans = np.array([[c.start_s, c.end_s] for c in self.index.chunks(emb.chunk_ids[a:b])], np.float64)
-        return spans.reshape(-1, 2), emb.vectors[a:b]
+        table = self.index.table
+        rows = table.rows(emb.chunk_ids[a:b])
+        return np.stack([table.start_s[rows], table.end_s[rows]], axis=1), emb.vectors[a:b]  # (C, 2), (C, d)
 
     def moment_r(self, query_vec: np.ndarray, motion_id: int, start_s: float, end_s: float) -> float:
         """The best similarity to `query_vec` among the motion's chunks that cover the moment: overlap at least
