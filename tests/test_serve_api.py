@@ -37,7 +37,7 @@ def test_search_equals_the_searcher(client, searcher, q, k, lam, limit, r_mode):
     assert r.status_code == 200, r.text
     body = r.json()
     want = searcher.search(q, k=k, lam=lam, limit=limit, r_mode=r_mode or "moment")  # the API's default
-    assert body["query"] == want.query and body["k"] == want.k and body["lam"] == lam
+    assert body["query"] == want.query and body["k"] == want.k and body["lam"] == lam and body["r"] == (r_mode or "moment")
     assert len(body["moments"]) == len(want.moments) > 0
     for i, (got, m) in enumerate(zip(body["moments"], want.moments), 1):
         assert got["rank"] == i

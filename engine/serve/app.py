@@ -59,6 +59,7 @@ class SearchOut(BaseModel):
     query: str
     k: int
     lam: float
+    r: str  # which r the score used: moment | motion
     limit: int
     localized: int
     moments: list[MomentOut]
@@ -227,7 +228,7 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
                                  end_s=m.end_s, score=m.score, p_se=m.p_se, r=m.r, label=m.label,
                                  duration_s=float(s.meta[m.motion_id]["duration_s"]))
                        for i, m in enumerate(res.moments, 1)]
-        return SearchOut(query=res.query, k=res.k, lam=res.lam, limit=limit, localized=res.localized,
+        return SearchOut(query=res.query, k=res.k, lam=res.lam, r=r, limit=limit, localized=res.localized,
                          moments=moments, timings_s={kk: round(v, 6) for kk, v in res.timings_s.items()})
 
     @app.get("/motions/{motion_id}", response_model=MotionOut, responses=ERRORS, tags=["motions"])
