@@ -116,6 +116,16 @@ def _report_build(rep, as_json: bool) -> None:
                f"({rep.chunks_per_s:.1f}/s), {rep.n_reused} re-used, {rep.seconds:.1f} s{recall}")
 
 
+BACKEND_OPTION = typer.Option("local", "--backend",
+                              help="local | ray: embed the chunks in this process or on Ray Data workers.")
+RAY_ADDRESS_OPTION = typer.Option(None, "--ray-address", help="Ray cluster to use ('auto', 'ray://HOST:10001'); "
+                                  "default: start a local Ray for this build.")
+RAY_NUM_CPUS_OPTION = typer.Option(None, "--ray-num-cpus", min=1,
+                                   help="CPUs of the local Ray started for this build (default: all).")
+RAY_WORKERS_OPTION = typer.Option(None, "--ray-workers", min=1,
+                                  help="Embed workers, 1 CPU each (default: one per cluster CPU).")
+
+
 @index_app.command("build")
 def index_build(
     corpus: Path = typer.Option(..., "--corpus", help="Corpus directory."),
@@ -131,15 +141,10 @@ def index_build(
     force: bool = typer.Option(False, "--force", help="Build even when the live version is up to date."),
     localizer: Path | None = typer.Option(None, "--localizer",
                                           help="Localizer run: cache its query-independent motion encoding."),
-    backend: str = typer.Option("local", "--backend",
-                                help="local | ray: embed the chunks in this process or on Ray Data workers."),
-    ray_address: str | None = typer.Option(None, "--ray-address",
-                                           help="Ray cluster to use ('auto', 'ray://HOST:10001'); default: "
-                                                "start a local Ray for this build."),
-    ray_num_cpus: int | None = typer.Option(None, "--ray-num-cpus", min=1,
-                                            help="CPUs of the local Ray started for this build (default: all)."),
-    ray_workers: int | None = typer.Option(None, "--ray-workers", min=1,
-                                           help="Embed workers, 1 CPU each (default: one per cluster CPU)."),
+    backend: str = BACKEND_OPTION,
+    ray_address: str | None = RAY_ADDRESS_OPTION,
+    ray_num_cpus: int | None = RAY_NUM_CPUS_OPTION,
+    ray_workers: int | None = RAY_WORKERS_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Chunk every motion (10 s windows, 1 s stride), embed the chunks and write a new index version."""
@@ -173,6 +178,10 @@ def index_rebuild(
     model: Path | None = typer.Option(None, "--model", help="Default: the live version's model."),
     kind: str | None = typer.Option(None, "--kind", help="Default: the live version's kind."),
     device: str | None = typer.Option(None, "--device"),
+    backend: str = BACKEND_OPTION,
+    ray_address: str | None = RAY_ADDRESS_OPTION,
+    ray_num_cpus: int | None = RAY_NUM_CPUS_OPTION,
+    ray_workers: int | None = RAY_WORKERS_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Full rebuild into a new version (e.g. after training a new model or to change the FAISS kind)."""
@@ -181,6 +190,7 @@ def index_rebuild(
     from engine.corpus.types import CorpusError
     from indexer.build import IndexConfig, index_info, rebuild_index
 
+    embed_backend = _embed_backend(backend, ray_address, ray_num_cpus, ray_workers)
     info = index_info(index_dir)
     if info.manifest is None:
         _fail(f"{index_dir}: no live index version to rebuild; use `engine index build`")
@@ -194,7 +204,8 @@ def index_rebuild(
     m = _load_model(model, device) if model else None
     try:
         with _Bars() as bars:
-            rep = rebuild_index(index_dir, store, m, config, device=device, progress=bars)
+            rep = rebuild_index(index_dir, store, m, config, device=device, progress=bars,
+                                embed_backend=embed_backend)
     except (CorpusError, RuntimeError, FileNotFoundError) as e:
         _fail(str(e))
     _report_build(rep, as_json)
@@ -208,6 +219,10 @@ def index_add(
     device: str | None = typer.Option(None, "--device"),
     localizer: Path | None = typer.Option(None, "--localizer",
                                           help="Localizer run whose motion encoding the index caches."),
+    backend: str = BACKEND_OPTION,
+    ray_address: str | None = RAY_ADDRESS_OPTION,
+    ray_num_cpus: int | None = RAY_NUM_CPUS_OPTION,
+    ray_workers: int | None = RAY_WORKERS_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """New version with motions added; only their chunks are embedded."""
@@ -216,10 +231,11 @@ def index_add(
 
     fn, tag = _feature_fn(localizer, device)
     store = _open_corpus(corpus) if corpus else None
+    embed_backend = _embed_backend(backend, ray_address, ray_num_cpus, ray_workers)
     try:
         with _Bars() as bars:
             rep = add_to_index(index_dir, store, motion or None, device=device, progress=bars,
-                               motion_feature_fn=fn, motion_feature_tag=tag)
+                               motion_feature_fn=fn, motion_feature_tag=tag, embed_backend=embed_backend)
     except (CorpusError, RuntimeError, FileNotFoundError) as e:
         _fail(str(e))
     _report_build(rep, as_json)
@@ -247,6 +263,10 @@ def index_sync(
     index_dir: Path = typer.Argument(..., help="Index directory."),
     corpus: Path | None = typer.Option(None, "--corpus", help="Default: the corpus the live version read."),
     device: str | None = typer.Option(None, "--device"),
+    backend: str = BACKEND_OPTION,
+    ray_address: str | None = RAY_ADDRESS_OPTION,
+    ray_num_cpus: int | None = RAY_NUM_CPUS_OPTION,
+    ray_workers: int | None = RAY_WORKERS_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """New version matching the corpus: new motions added, deleted ones removed."""
@@ -254,9 +274,10 @@ def index_sync(
     from indexer.build import sync_index
 
     store = _open_corpus(corpus) if corpus else None
+    embed_backend = _embed_backend(backend, ray_address, ray_num_cpus, ray_workers)
     try:
         with _Bars() as bars:
-            rep = sync_index(index_dir, store, device=device, progress=bars)
+            rep = sync_index(index_dir, store, device=device, progress=bars, embed_backend=embed_backend)
     except (CorpusError, RuntimeError, FileNotFoundError) as e:
         _fail(str(e))
     _report_build(rep, as_json)

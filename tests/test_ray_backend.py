@@ -198,6 +198,37 @@ def test_moments_pickle():
     assert pickle.loads(pickle.dumps(m)) == m
 
 
+def test_cli_ray_add_equals_local_add(ray_cluster, tiny, tmp_path):
+    """`engine index add --backend ray`: the new motions' chunks embedded on Ray, the same version as a local add."""
+    import shutil
+
+    from engine.cli import app
+    from engine.corpus.store import CorpusStore
+
+    corpus, model, _ = tiny
+    with CorpusStore.open(corpus, create=False) as store:
+        ids = store.motion_ids()
+    base = tmp_path / "base"
+    B.build_index(corpus, base, RetrievalModel.load(model), B.IndexConfig())
+    B.remove_from_index(base, ids[len(ids) // 2:])  # `add` puts these back
+    shutil.copytree(base, tmp_path / "ray")
+    shutil.copytree(base, tmp_path / "local")
+    for name, extra in (("local", []), ("ray", ["--backend", "ray"])):
+        r = runner.invoke(app, ["index", "add", str(tmp_path / name), "--json", *extra])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["n_embedded"] > 0
+    assert Manifest.read(version_dir(tmp_path / "ray", read_current(tmp_path / "ray"))).build["embed_backend"] == "ray"
+    _assert_same_index(tmp_path / "local", tmp_path / "ray")
+
+
+@pytest.mark.parametrize("command", ["rebuild", "add", "sync"])
+def test_bad_backend_on_lifecycle_commands(tiny, tmp_path, command):
+    from engine.cli import app
+
+    r = runner.invoke(app, ["index", command, str(tmp_path / "none"), "--backend", "nope"])
+    assert r.exit_code != 0 and "--backend 'nope'" in r.output
+
+
 def test_bad_backend_is_a_clear_error(tiny, tmp_path):
     from engine.cli import app
 
