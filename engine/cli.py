@@ -780,7 +780,8 @@ def search_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # Piped or redirected output has no terminal width: use a wide table rather than rich's 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     for qid, res in results:
         total_ms = 1000 * sum(res.timings_s.values())
         t = Table(title=f'"{res.query}"  (k={res.k}, λ={res.lam:g}, localized {res.localized}, {total_ms:.0f} ms)')
