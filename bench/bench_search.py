@@ -42,6 +42,8 @@ def prepare(args):
 
     corpus = Path(args.corpus) if args.corpus else Path(args.work) / f"corpus-{args.synth}"
     index = Path(args.index) if args.index else Path(args.work) / f"index-{args.synth}"
+    if (index / "CURRENT").exists():  # an existing index reads the corpus it was built from
+        return None, index
     if not (corpus / "manifest.json").exists():
         from engine.corpus import synth
         from engine.corpus.store import CorpusStore
@@ -75,6 +77,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=10)
     ap.add_argument("--naive-queries", type=int, default=None, help="queries for the naive pipeline (default all)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--r", default="motion", choices=["motion", "moment"], help="r in the score (as engine search --r)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -87,7 +90,7 @@ def main() -> None:
     naive = Searcher(index, device=args.device)
     naive.use_cache = False
     queries = (QUERIES * (1 + args.queries // len(QUERIES)))[: args.queries]
-    ours.search(queries[0], k=args.k, lam=args.lam, limit=args.limit)  # warm up (text model, FAISS pages)
+    ours.search(queries[0], k=args.k, lam=args.lam, limit=args.limit, r_mode=args.r)  # warm up (text model, FAISS pages)
 
     def run(searcher, qs, naive_mode):
         lat, stages, tops, localized = [], {}, [], []
@@ -95,7 +98,7 @@ def main() -> None:
             if naive_mode:
                 searcher._encoded.clear()
             t0 = time.perf_counter()
-            res = searcher.search(q, k=args.k, lam=args.lam, limit=args.limit, prune=not naive_mode)
+            res = searcher.search(q, k=args.k, lam=args.lam, limit=args.limit, prune=not naive_mode, r_mode=args.r)
             lat.append(time.perf_counter() - t0)
             for kk, v in res.timings_s.items():
                 stages.setdefault(kk, []).append(v)
@@ -110,7 +113,7 @@ def main() -> None:
     nq = args.naive_queries or len(queries)
     r_naive, tops_naive = run(naive, queries[:nq], True)
     same = sum(a == b for a, b in zip(tops_ours, tops_naive))
-    out = {"corpus": str(corpus), "index": str(index), "motions": len(ours.meta), "chunks": len(ours.index),
+    out = {"corpus": str(ours.store.dir), "index": str(index), "r": args.r, "motions": len(ours.meta), "chunks": len(ours.index),
            "k": args.k, "lam": args.lam, "limit": args.limit, "queries": len(queries), "naive_queries": nq,
            "device": args.device, "torch_threads": torch.get_num_threads(), "ours": r_ours, "naive": r_naive,
            "top10_identical": f"{same}/{nq}", "speedup_p50": r_naive["p50_s"] / r_ours["p50_s"]}
