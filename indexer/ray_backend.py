@@ -102,7 +102,8 @@ def ray_error(e: BaseException) -> str:
 
 
 def portable_error(e: BaseException) -> RuntimeError:
-    """A picklable stand-in for a worker's exception (CorpusError, for one, cannot be unpickled by Ray)."""
+    """A plain RuntimeError carrying a worker's exception type and message, so any exception (including ones
+    from third-party code that does not pickle) reaches the driver readably."""
     return RuntimeError(f"{type(e).__name__}: {e}")
 
 
