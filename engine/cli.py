@@ -470,6 +470,11 @@ def eval_localize_cmd(
         res = localize_eval(corpus, paths, out, split=split, retrieval_path=retrieval, cos_threshold=assigned_cos,
                             max_queries=max_queries, device=device, dataset=dataset, progress=bar)
     table = tslm_table(res.results, title=f"{dataset or corpus} ({split}, {res.meta['queries']} queries)")
+    _report_eval(res, table, out, as_json)
+
+
+def _report_eval(res, table: str, out: Path, as_json: bool) -> None:
+    """Write the markdown table beside the run files; print it, or the metrics as JSON."""
     (out / "report.md").write_text(table + "\n")
     if as_json:
         print_json({"metrics": [r.to_dict() for r in res.results], "meta": res.meta, "timings_s": res.timings_s})
@@ -521,11 +526,7 @@ def eval_cmr_cmd(
     except (CorpusError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
         fail(f"eval cmr: {e}")
     table = cmr_table(res.results, title=f"{index} ({split}, {res.meta['queries']} queries)")
-    (out / "report.md").write_text(table + "\n")
-    if as_json:
-        print_json({"metrics": [r.to_dict() for r in res.results], "meta": res.meta, "timings_s": res.timings_s})
-    else:
-        typer.echo(table)
+    _report_eval(res, table, out, as_json)
 
 
 @eval_app.command("report")
@@ -580,10 +581,11 @@ CLIP_INDEX_OPTION = typer.Option(None, "--index", help="Use the corpus this inde
 def _clip_store(corpus: Path | None, index: Path | None):
     """The store of --corpus, of --index's corpus, or the built-in corpus (prepared on first use)."""
     from engine.corpus.store import CorpusStore
-    from engine.export import builtin_corpus_ready, corpus_location
+    from engine.export import corpus_location
+    from engine.home import default_corpus_ready
 
     try:
-        if corpus is not None or index is not None or builtin_corpus_ready():
+        if corpus is not None or index is not None or default_corpus_ready():
             where, url = corpus_location(corpus, index)
         else:
             typer.echo("preparing the built-in corpus and its index (first run only, a few minutes) ...", err=True)
@@ -613,14 +615,16 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
     """Write a span of a motion: BVH (SMPL 22 joints, cm), .npy ((F, 22, 3) float32, m) or JSON."""
-    from engine.export import FORMATS, ClipError, clip_joints, resolve_motion_id, serialize_clip, write_atomic
+    from engine.export import FORMATS, ClipError, clip_joints, resolve_motion_id, serialize_clip
+    from indexer.manifest import atomic_write_bytes
 
     fmt = fmt or (out.suffix.lower().lstrip(".") if out.suffix.lower().lstrip(".") in FORMATS else "bvh")
     store = _clip_store(corpus, index)
     try:
         clip = clip_joints(store, resolve_motion_id(store, motion), start, end)
         exported = serialize_clip(clip, fmt)
-        write_atomic(out, exported.data)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, exported.data)
     except (ClipError, OSError) as e:
         fail(str(e))
     finally:

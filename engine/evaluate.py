@@ -170,7 +170,6 @@ class WindowBank:
         self.index, self.model, self.store, self.meta = index, model, store, meta
         self.sizes_s = tuple(float(s) for s in sizes_s)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._chunk_rows: dict[int, np.ndarray] | None = None
         self.windows_embedded = 0
 
     def windows(self, motion_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,15 +177,9 @@ class WindowBank:
         mid = int(motion_id)
         if mid in self._cache:
             return self._cache[mid]
-        emb = self.index.embeddings()
-        if self._chunk_rows is None:
-            starts = np.flatnonzero(np.r_[True, emb.motion_ids[1:] != emb.motion_ids[:-1]])
-            ends = np.r_[starts[1:], len(emb.motion_ids)]
-            self._chunk_rows = {int(emb.motion_ids[a]): np.arange(a, b) for a, b in zip(starts, ends)}
-        rows = self._chunk_rows.get(mid, np.zeros(0, np.int64))
-        chunks = self.index.chunks(emb.chunk_ids[rows])
-        spans = [np.array([[c.start_s, c.end_s] for c in chunks], np.float64).reshape(-1, 2)]
-        vecs = [np.asarray(emb.vectors[rows], np.float32)]
+        chunk_spans, chunk_vecs = self.index.motion_chunks(mid)
+        spans = [chunk_spans]
+        vecs = [np.asarray(chunk_vecs, np.float32)]
         feats = np.asarray(self.store.features(mid))
         fps = float(self.meta[mid]["fps"])
         n = len(feats)

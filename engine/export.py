@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -410,14 +409,6 @@ def clip_bytes(store, motion_id: int, start_s: float | None = None, end_s: float
 
 
 # -------------------------------------------------------------------------------------------- corpus
-def builtin_corpus_ready() -> bool:
-    """Whether the built-in corpus (engine.home) is already built."""
-    from engine.home import default_corpus_dir
-
-    d = default_corpus_dir()
-    return (d / "manifest.json").exists() and (d / ".complete").exists()
-
-
 def corpus_location(corpus: str | os.PathLike | None = None, index: str | os.PathLike | None = None,
                     progress: Callable[[str, int, int], None] | None = None) -> tuple[Path, str | None]:
     """(corpus dir, SQL URL or None): `corpus` itself, the corpus the index at `index` was built from,
@@ -440,24 +431,8 @@ def corpus_location(corpus: str | os.PathLike | None = None, index: str | os.Pat
         if not man.corpus.get("dir"):
             raise FileNotFoundError(f"{index}: the index manifest does not name its corpus; pass --corpus")
         return Path(man.corpus["dir"]), man.corpus.get("url")
-    from engine.home import default_corpus_dir, ensure_default_index
+    from engine.home import default_corpus_dir, default_corpus_ready, ensure_default_index
 
-    if not builtin_corpus_ready():
+    if not default_corpus_ready():
         ensure_default_index(progress=progress)
     return default_corpus_dir(), None
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write bytes to `path` through a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

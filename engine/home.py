@@ -41,6 +41,12 @@ def default_corpus_dir() -> Path:
     return engine_home() / "demo-corpus"
 
 
+def default_corpus_ready() -> bool:
+    """Whether the built-in corpus has been generated completely (it is renamed into place with a marker)."""
+    corpus = default_corpus_dir()
+    return (corpus / "manifest.json").exists() and (corpus / ".complete").exists()
+
+
 def localizer_feature_fn(localizer_path: Path, device: str = "cpu") -> tuple[Callable, str]:
     """(features -> cached S-Enc output, tag) for the index's per-motion cache of the localizer."""
     from engine.search import localizer_tag
@@ -68,7 +74,7 @@ def ensure_default_index(progress: Callable[[str, int, int], None] | None = None
     except (FileNotFoundError, OSError, ValueError):
         pass
     corpus = default_corpus_dir()
-    if not (corpus / "manifest.json").exists() or not (corpus / ".complete").exists():
+    if not default_corpus_ready():
         from engine.corpus import synth
         from engine.corpus.store import CorpusStore
 

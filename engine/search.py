@@ -165,26 +165,12 @@ class Searcher:
         self.meta = {row["motion_id"]: row for row in self.store.motion_table()}
         self._encoded: dict[int, object] = {}
         self._labels: dict[int, list] = {}
-        self._chunk_rows: dict[int, tuple[int, int]] | None = None
 
     # ------------------------------------------------------------------ helpers
-    def _motion_chunks(self, motion_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """((C, 2) [start_s, end_s], (C, d) embeddings) of a motion's chunks, from the index's Arrow file."""
-        if self._chunk_rows is None:
-            emb = self.index.embeddings()
-            starts = np.flatnonzero(np.r_[True, emb.motion_ids[1:] != emb.motion_ids[:-1]])
-            ends = np.r_[starts[1:], len(emb.motion_ids)]
-            self._chunk_rows = {int(emb.motion_ids[a]): (int(a), int(b)) for a, b in zip(starts, ends)}
-        emb = self.index.embeddings()
-        a, b = self._chunk_rows[int(motion_id)]
-        table = self.index.table
-        rows = table.rows(emb.chunk_ids[a:b])
-        return np.stack([table.start_s[rows], table.end_s[rows]], axis=1), emb.vectors[a:b]  # (C, 2), (C, d)
-
     def moment_r(self, query_vec: np.ndarray, motion_id: int, start_s: float, end_s: float) -> float:
         """The best similarity to `query_vec` among the motion's chunks that cover the moment: overlap at least
         half of the shorter of chunk and moment (the chunk nearest the moment if none does)."""
-        spans, vecs = self._motion_chunks(motion_id)
+        spans, vecs = self.index.motion_chunks(motion_id)
         sim = vecs @ query_vec  # (C,)
         inter = np.clip(np.minimum(spans[:, 1], end_s) - np.maximum(spans[:, 0], start_s), 0.0, None)
         shorter = np.maximum(np.minimum(spans[:, 1] - spans[:, 0], end_s - start_s), 1e-9)

@@ -1138,6 +1138,7 @@ class ChunkIndex:
         self.motions = {m.motion_id: m for m in motions}
         self.device = device
         self._embeddings: Embeddings | None = None
+        self._motion_rows: dict[int, tuple[int, int]] | None = None
         self._motion_features: dict[int, np.ndarray] | None = None
 
     @property
@@ -1210,6 +1211,18 @@ class ChunkIndex:
         sim = q @ emb.vectors.T  # (Q, N), rows sorted by chunk_id, hence grouped by motion
         starts = np.flatnonzero(np.r_[True, emb.motion_ids[1:] != emb.motion_ids[:-1]])
         return emb.motion_ids[starts], np.maximum.reduceat(sim, starts, axis=1)
+
+    def motion_chunks(self, motion_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """((C, 2) [start_s, end_s], (C, d) stored embeddings) of one motion's chunks, in chunk order (empty
+        for a motion the index does not hold)."""
+        emb = self.embeddings()
+        if self._motion_rows is None:  # rows are sorted by chunk_id, hence grouped by motion
+            starts = np.flatnonzero(np.r_[True, emb.motion_ids[1:] != emb.motion_ids[:-1]])
+            ends = np.r_[starts[1:], len(emb.motion_ids)]
+            self._motion_rows = {int(emb.motion_ids[a]): (int(a), int(b)) for a, b in zip(starts, ends)}
+        a, b = self._motion_rows.get(int(motion_id), (0, 0))
+        rows = self.table.rows(emb.chunk_ids[a:b])
+        return np.stack([self.table.start_s[rows], self.table.end_s[rows]], axis=1).reshape(-1, 2), emb.vectors[a:b]
 
     def embeddings(self) -> Embeddings:
         if self._embeddings is None:
