@@ -17,6 +17,17 @@ import uuid
 import pytest
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Small tensors: one intra-op thread is as fast, and immune to OpenMP spin-waits on a busy 2-core box."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request):
     if request.param == "sqlite":

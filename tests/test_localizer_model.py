@@ -17,13 +17,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SAMPLE = DATA / "humanml3d-sample"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small tensors: one intra-op thread is as fast, and immune to OpenMP spin-waits on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _cfg(variant: str = "mlp", **kw) -> MLPConfig:

@@ -16,14 +16,7 @@ from localizer.data import TextCache, collate, load_data, pairs_from_motions, sy
 from localizer.infer import Localizer
 from localizer.train import TrainResult, load_localizer, train_localizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small tensors: one intra-op thread is as fast, and immune to OpenMP spin-waits on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class _Killed(Exception):
