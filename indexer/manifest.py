@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.corpus.store import fsync_dir
+from engine.corpus.io import atomic_write_bytes, atomic_write_text, fsync_dir, fsync_file  # noqa: F401 (re-exported)
 from engine.corpus.types import CorpusError
 
 FORMAT_VERSION = 1
@@ -122,30 +122,6 @@ def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> FileEntry:
 def sha256_bytes(data: bytes) -> FileEntry:
     return FileEntry(hashlib.sha256(data).hexdigest(), len(data))
 
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name, fsync, rename over `path`, fsync the directory."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
-    fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def read_current(index_dir: str | os.PathLike) -> str | None:

@@ -82,8 +82,11 @@ class Moment:
     name: str = ""
 
 
-class CorpusError(ValueError):
-    """Bad input: the message names the file/record and the problem."""
+class EngineError(ValueError):
+    """A problem a user can act on: the message names where (file, record, flag) and what is wrong.
+
+    The CLI prints any EngineError as one `error:` line on stderr and exits with 2. Subclasses say which
+    layer it came from, so that a FAISS or model error is not called a corpus error."""
 
     def __init__(self, where: str, problem: str):
         super().__init__(f"{where}: {problem}")
@@ -92,3 +95,19 @@ class CorpusError(ValueError):
 
     def __reduce__(self):  # picklable across processes (Ray workers, multiprocessing)
         return (type(self), (self.where, self.problem))
+
+
+class CorpusError(EngineError):
+    """Bad input data: a motion file, an annotation, the corpus store."""
+
+
+class IndexFileError(EngineError):
+    """An index directory, manifest or index file that is missing, corrupted or inconsistent."""
+
+
+class ModelError(EngineError):
+    """A model checkpoint or configuration that cannot be loaded or does not fit."""
+
+
+class RequestError(EngineError):
+    """A search or command request with a bad parameter (names the parameter)."""

@@ -1,0 +1,92 @@
+"""Durable file writes, shared by every layer: the one place that knows temp-name + fsync + rename.
+
+- `atomic_write_bytes(path, data)` / `atomic_write_text(path, text)`: a whole file at once.
+- `atomic_writer(path)`: a context manager that yields a temporary path beside `path` for writers that
+  need a file name (Arrow, FAISS, torch.save); on success it is fsynced and renamed over `path`, on any
+  error it is removed, so a failed write leaves nothing behind and never a half-written target.
+- `check_output_target(path, force)`: what a command may write to a user's `--out`: absent, or an
+  existing regular file with `force`; never a symlink, FIFO, device or directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from engine.corpus.types import EngineError
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a directory so a rename inside it is durable (no-op where directories have no fds)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """A hidden temporary name beside `path`, unique to this process."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path; on normal exit fsync it and rename it over `path` (then fsync the directory).
+
+    On an exception the temporary file is removed and `path` is left as it was."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary name, fsync, rename over `path`, fsync the directory."""
+    with atomic_writer(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def check_output_target(path: str | os.PathLike, force: bool = False, flag: str = "--out") -> Path:
+    """The path a command may write a user-named output to, or an EngineError naming it.
+
+    Allowed: a path that does not exist (its directory must), or an existing regular file when `force`.
+    Refused: symlinks, FIFOs, devices, sockets, directories (an atomic rename would replace them)."""
+    p = Path(path)
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        if not p.parent.exists():
+            raise EngineError(str(p), f"{flag}: the directory {p.parent} does not exist") from None
+        return p
+    if stat.S_ISLNK(st.st_mode):
+        raise EngineError(str(p), f"{flag} is a symbolic link; refusing to replace it (name the real file)")
+    if stat.S_ISDIR(st.st_mode):
+        raise EngineError(str(p), f"{flag} is a directory; name a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise EngineError(str(p), f"{flag} is not a regular file (a device, FIFO or socket); refusing to write")
+    if not force:
+        raise EngineError(str(p), f"{flag} exists; pass --force to overwrite it")
+    return p
