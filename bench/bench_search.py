@@ -13,6 +13,7 @@ Prints p50/p95 latency, the stage breakdown and whether the top-10 lists are ide
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -21,7 +22,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 QUERIES = [
     "kung fu pose", "a person waves the right hand", "someone jumps forward", "a person walks backwards",
@@ -77,28 +77,27 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=10)
     ap.add_argument("--naive-queries", type=int, default=None, help="queries for the naive pipeline (default all)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--r", default="motion", choices=["motion", "moment"], help="r in the score (as engine search --r)")
+    ap.add_argument("--r", default="moment", choices=["moment", "motion"], help="r in the score (as engine search --r)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     import torch
 
+    from engine.request import SearchRequest
     from engine.search import Searcher
 
     corpus, index = prepare(args)
     ours = Searcher(index, device=args.device)
-    naive = Searcher(index, device=args.device)
-    naive.use_cache = False
+    naive = Searcher(index, device=args.device, use_motion_cache=False)
     queries = (QUERIES * (1 + args.queries // len(QUERIES)))[: args.queries]
-    ours.search(queries[0], k=args.k, lam=args.lam, limit=args.limit, r_mode=args.r)  # warm up (text model, FAISS pages)
+    base = SearchRequest(queries[0], k=args.k, lam=args.lam, limit=args.limit, r_mode=args.r)
+    ours.search(base)  # warm up (text model, FAISS pages)
 
     def run(searcher, qs, naive_mode):
         lat, stages, tops, localized = [], {}, [], []
         for q in qs:
-            if naive_mode:
-                searcher._encoded.clear()
             t0 = time.perf_counter()
-            res = searcher.search(q, k=args.k, lam=args.lam, limit=args.limit, prune=not naive_mode, r_mode=args.r)
+            res = searcher.search(dataclasses.replace(base, text=q, prune=not naive_mode))
             lat.append(time.perf_counter() - t0)
             for kk, v in res.timings_s.items():
                 stages.setdefault(kk, []).append(v)
@@ -113,7 +112,7 @@ def main() -> None:
     nq = args.naive_queries or len(queries)
     r_naive, tops_naive = run(naive, queries[:nq], True)
     same = sum(a == b for a, b in zip(tops_ours, tops_naive))
-    out = {"corpus": str(ours.store.dir), "index": str(index), "r": args.r, "motions": len(ours.meta), "chunks": len(ours.index),
+    out = {"corpus": str(ours.store.dir), "index": str(index), "r": args.r, "motions": len(ours.motions), "chunks": len(ours.index),
            "k": args.k, "lam": args.lam, "limit": args.limit, "queries": len(queries), "naive_queries": nq,
            "device": args.device, "torch_threads": torch.get_num_threads(), "ours": r_ours, "naive": r_naive,
            "top10_identical": f"{same}/{nq}", "speedup_p50": r_naive["p50_s"] / r_ours["p50_s"]}

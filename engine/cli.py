@@ -12,12 +12,27 @@ import sys
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
+
+from engine.corpus.types import EngineError
+from engine.request import SearchRequest
 
 # OpenMP spin-waiting makes BLAS/FAISS 5-30x slower on a shared 2-core machine (bench/bench_index.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+class _EngineGroup(TyperGroup):
+    """The root command group: any EngineError that reaches it is one `error:` line on stderr, exit 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EngineError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(help="Search engine for human motion: find the moments a sentence describes.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, cls=_EngineGroup)
 data_app = typer.Typer(help="Build and inspect motion corpora.", no_args_is_help=True)
 import_app = typer.Typer(help="Import motion data into a corpus directory (appends).", no_args_is_help=True)
 train_app = typer.Typer(help="Train the retrieval model and the localizer (runs/<name>/).", no_args_is_help=True)
@@ -46,6 +61,9 @@ def _mount_indexer() -> None:
 _mount_indexer()
 
 
+DEFAULT_REQUEST = SearchRequest("defaults")  # the defaults every front end shares
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print an error to stderr and exit non-zero."""
     typer.echo(f"error: {message}", err=True)
@@ -65,6 +83,18 @@ def _progress():
                     TimeElapsedColumn(), console=Console(stderr=True), transient=False,
                     disable=not sys.stderr.isatty())
     return prog
+
+
+def _bar_fn(prog):
+    """The (stage, done, total) progress callback of library code, drawn as one bar per stage on `prog`."""
+    tasks: dict[str, int] = {}
+
+    def bar(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = prog.add_task(stage, total=total)
+        prog.update(tasks[stage], completed=done, total=total)
+
+    return bar
 
 
 def _open_store(corpus: Path):
@@ -431,15 +461,9 @@ def train_localizer_cmd(
 
 
 def _bars():
+    """A progress display and its (stage, done, total) callback."""
     prog = _progress()
-    tasks: dict[str, int] = {}
-
-    def bar(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = prog.add_task(stage, total=total)
-        prog.update(tasks[stage], completed=done, total=total)
-
-    return prog, bar
+    return prog, _bar_fn(prog)
 
 
 @eval_app.command("localize")
@@ -529,6 +553,29 @@ def eval_cmr_cmd(
     _report_eval(res, table, out, as_json)
 
 
+@eval_app.command("run")
+def eval_run_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run files (.jsonl/.tsv) written by `eval cmr` or `search --run-out`."),
+    truth: Path = typer.Option(..., "--truth", help="Ground-truth file (e.g. the truth.jsonl `eval cmr` writes)."),
+    index: Path | None = typer.Option(None, "--index", help="Index for the relevance models and the corpus "
+                                      "(default: the one the run's metadata names)."),
+    device: str = typer.Option("cpu"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Score run files written earlier (Recall@n,IoU, DCG/NDCG), the same way `eval cmr` does, without searching."""
+    from engine.evaluate import eval_run_files
+    from eval.report import cmr_table
+
+    for p in [*runs, truth]:
+        if not p.exists():
+            fail(f"{p}: no such file")
+    results = eval_run_files(runs, truth, index_dir=index, device=device)
+    if as_json:
+        print_json({"metrics": [r.to_dict() for r in results], "runs": [str(p) for p in runs]})
+    else:
+        typer.echo(cmr_table(results, title=f"{truth} ({results[0].n_queries if results else 0} queries)"))
+
+
 @eval_app.command("report")
 def eval_report_cmd(
     metrics: list[Path] = typer.Argument(..., help="metrics.json files"),
@@ -559,13 +606,14 @@ def serve_cmd(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve the HTTP API (/search, /motions, /docs) and the web page with skeleton previews."""
-    from engine.serve import ServeError, is_loopback, load_searcher, run_server
+    from engine.serve import is_loopback, load_searcher, run_server
 
     if not 0 < port < 65536:
         fail(f"--port must be in 1..65535 (got {port})")
     try:
-        searcher = load_searcher(index, localizer=localizer, device=device, notify=lambda m: typer.echo(m, err=True))
-    except ServeError as e:
+        searcher = load_searcher(index, localizer=localizer, device=device, notify=lambda m: typer.echo(m, err=True),
+                                 warmup=True)
+    except EngineError as e:
         fail(str(e))
     if not is_loopback(host):
         typer.echo(f"warning: binding {host}: the API has no authentication", err=True)
@@ -590,14 +638,7 @@ def _clip_store(corpus: Path | None, index: Path | None):
         else:
             typer.echo("preparing the built-in corpus and its index (first run only, a few minutes) ...", err=True)
             with _progress() as prog:
-                tasks: dict[str, int] = {}
-
-                def bar(stage: str, done: int, total: int) -> None:
-                    if stage not in tasks:
-                        tasks[stage] = prog.add_task(stage, total=total)
-                    prog.update(tasks[stage], completed=done, total=total)
-
-                where, url = corpus_location(progress=bar)
+                where, url = corpus_location(progress=_bar_fn(prog))
         return CorpusStore.open(where, url=url, create=False)
     except (FileNotFoundError, ValueError, OSError) as e:
         fail(str(e))
@@ -689,21 +730,24 @@ def _read_queries(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def _moment_dict(rank: int, m, meta: dict) -> dict:
-    row = meta.get(m.motion_id, {})
-    return {"rank": rank, "motion_id": m.motion_id, "name": m.name, "source": m.source,
-            "source_file": row.get("path", ""), "start_s": round(m.start_s, 3), "end_s": round(m.end_s, 3),
-            "score": m.score, "p_se": m.p_se, "r": m.r, "label": m.label}
+CLI_FLAG = {"query": "query", "r_mode": "--r"}  # SearchRequest field -> the flag that sets it
+
+
+def _request_error(e) -> str:
+    """A SearchRequest error in the words of the CLI: `--top-m must be ...`."""
+    flag = CLI_FLAG.get(e.where, "--" + e.where.replace("_", "-"))
+    return e.problem if flag == "query" else f"{flag} {e.problem}"
 
 
 @app.command("search")
 def search_cmd(
     query: str | None = typer.Argument(None, help='What to find, e.g. "kung fu pose".'),
-    k: int = typer.Option(200, "--k", help="Motions retrieved before localization (top-k by chunk similarity)."),
-    lam: float = typer.Option(5.0, "--lam", help="Score = p_se * exp(lam * r)."),
-    limit: int = typer.Option(10, "--limit", "-n", help="Moments to return."),
+    k: int = typer.Option(DEFAULT_REQUEST.k, "--k", help="Motions retrieved before localization (top-k by chunk "
+                          "similarity)."),
+    lam: float = typer.Option(DEFAULT_REQUEST.lam, "--lam", help="Score = p_se * exp(lam * r)."),
+    limit: int = typer.Option(DEFAULT_REQUEST.limit, "--limit", "-n", help="Moments to return."),
     index: Path | None = typer.Option(None, "--index", help="Index directory (default: the built-in corpus's)."),
-    localizer: Path | None = typer.Option(None, "--localizer", help="Localizer run dir (default: shipped model)."),
+    localizer: Path | None = typer.Option(None, "--localizer", help="Localizer run dir (default: the index's)."),
     queries: Path | None = typer.Option(None, "--queries", help="Batch: a file with one query per line (or JSONL)."),
     run_out: Path | None = typer.Option(None, "--run-out", help="Also write the results as a run file (.jsonl/.tsv)."),
     source: list[str] | None = typer.Option(None, "--source", help="Only motions of this source (repeatable)."),
@@ -711,74 +755,50 @@ def search_cmd(
     max_motion_s: float | None = typer.Option(None, help="Only motions at most this long."),
     min_moment_s: float | None = typer.Option(None, help="Only moments at least this long."),
     max_moment_s: float | None = typer.Option(None, help="Only moments at most this long."),
-    top_m: int = typer.Option(3, "--top-m", help="Candidate moments per motion (temporal NMS)."),
+    top_m: int = typer.Option(DEFAULT_REQUEST.top_m, "--top-m", help="Candidate moments per motion (temporal NMS)."),
     no_prune: bool = typer.Option(False, "--no-prune", help="Localize all k motions (no exact top-n pruning)."),
-    r_mode: str = typer.Option("moment", "--r", help="r in the score: moment (the best chunk covering the "
-                               "moment; better NDCG in docs/results.md) | motion (the paper: the motion's best chunk)."),
+    r_mode: str = typer.Option(DEFAULT_REQUEST.r_mode, "--r", help="r in the score: moment (the best chunk covering "
+                               "the moment; better NDCG in docs/results.md) | motion (the paper: the motion's best chunk)."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Print the moments as JSON."),
 ) -> None:
     """Find the moments that match a sentence: ranked (motion, start-end s) with scores."""
+    from engine.corpus.types import EngineError, RequestError
+    from engine.request import SearchRequest
+
     if (query is None) == (queries is None):
         fail('give one query (engine search "kung fu pose") or --queries FILE')
     batch = _read_queries(queries) if queries is not None else [("1", query)]
-    from engine.search import validate_query
-
+    requests = []
     for qid, text in batch:
         try:
-            validate_query(text)
-        except ValueError as e:
-            fail(f"query {qid}: {e}" if queries is not None else str(e))
-    from engine.search import R_MODES
-
-    if r_mode not in R_MODES:
-        fail(f"--r must be one of {', '.join(R_MODES)} (got {r_mode!r})")
-    if k <= 0:
-        fail(f"--k must be positive (got {k})")
-    if limit <= 0:
-        fail(f"--limit must be positive (got {limit})")
-
-    from engine.corpus.types import CorpusError
-    from engine.search import Searcher
-
-    if index is None:
-        from engine.home import default_index_dir, ensure_default_index
-
-        if not (default_index_dir() / "CURRENT").exists():
-            typer.echo("preparing the built-in corpus and its index (first run only, a few minutes) ...", err=True)
-        with _progress() as prog:
-            tasks: dict[str, int] = {}
-
-            def bar(stage: str, done: int, total: int) -> None:
-                if stage not in tasks:
-                    tasks[stage] = prog.add_task(stage, total=total)
-                prog.update(tasks[stage], completed=done, total=total)
-
-            index = ensure_default_index(progress=bar, device=device)
-    elif not index.exists():
+            requests.append((qid, SearchRequest(text, k=k, lam=lam, limit=limit, top_m=top_m, prune=not no_prune,
+                                                r_mode=r_mode, sources=tuple(source or ()),
+                                                min_motion_s=min_motion_s, max_motion_s=max_motion_s,
+                                                min_moment_s=min_moment_s, max_moment_s=max_moment_s)))
+        except RequestError as e:
+            fail(f"query {qid}: {_request_error(e)}" if queries is not None and e.where == "query"
+                 else _request_error(e))
+    if index is not None and not index.exists():
         fail(f"{index}: no such index; build one with `engine index build --corpus CORPUS_DIR --out {index} "
              "--model RUN_DIR`")
+    from engine.search import load_searcher
+
     try:
-        searcher = Searcher(index, localizer=localizer, device=device)
-    except (CorpusError, FileNotFoundError, ValueError, OSError) as e:
-        fail(f"{index}: cannot load the index ({e}); check it with `engine index verify {index}` or rebuild it "
-             "with `engine index build --corpus CORPUS_DIR --out INDEX_DIR --model RUN_DIR`")
-    results = []
-    for qid, text in batch:
-        res = searcher.search(text, k=k, lam=lam, limit=limit, top_m=top_m, prune=not no_prune, r_mode=r_mode,
-                              sources=source or None, min_motion_s=min_motion_s, max_motion_s=max_motion_s,
-                              min_moment_s=min_moment_s, max_moment_s=max_moment_s)
-        results.append((qid, res))
+        with _progress() as prog:
+            searcher = load_searcher(index, localizer=localizer, device=device, progress=_bar_fn(prog),
+                                     notify=lambda m: typer.echo(m, err=True))
+    except EngineError as e:
+        fail(str(e))
+    results = [(qid, searcher.search(req)) for qid, req in requests]
     if run_out is not None:
+        from engine.evaluate import run_meta_for
         from eval.runfile import rows_from_moments, write_run
 
         rows = [row for qid, res in results for row in rows_from_moments(qid, res.query, res.moments)]
-        write_run(run_out, rows, meta={"method": "MLP", "k": k, "lam": lam, "index": str(index)})
+        write_run(run_out, rows, meta=run_meta_for(searcher, "MLP", "engine search", requests[0][1]))
     if as_json:
-        data = [{"query_id": qid, "query": res.query, "k": res.k, "lam": res.lam, "localized": res.localized,
-                 "timings_s": {kk: round(v, 4) for kk, v in res.timings_s.items()},
-                 "moments": [_moment_dict(i, m, searcher.meta) for i, m in enumerate(res.moments, 1)]}
-                for qid, res in results]
+        data = [{"query_id": qid, **res.to_dict()} for qid, res in results]
         print_json(data if queries is not None else data[0]["moments"])
         return
     from rich.console import Console
@@ -792,9 +812,8 @@ def search_cmd(
         for col, just in (("#", "right"), ("motion", "left"), ("source file", "left"), ("start–end (s)", "right"),
                           ("score", "right"), ("p_se", "right"), ("r", "right"), ("label", "left")):
             t.add_column(col, justify=just)
-        for i, m in enumerate(res.moments, 1):
-            path = searcher.meta.get(m.motion_id, {}).get("path") or m.source
-            t.add_row(str(i), f"{m.motion_id} {m.name}", str(path), f"{m.start_s:7.2f} – {m.end_s:7.2f}",
+        for m in res.moments:
+            t.add_row(str(m.rank), f"{m.motion_id} {m.name}", m.path or m.source, f"{m.start_s:7.2f} – {m.end_s:7.2f}",
                       f"{m.score:.3f}", f"{m.p_se:.3f}", f"{m.r:.3f}", m.label or "")
         console.print(t)
 

@@ -1,14 +1,16 @@
 """Many queries over Ray workers, each holding one `Searcher` (e.g. `engine eval cmr --backend ray`).
 
     from engine.distributed import RaySearchPool, ray_search_queries
-    moments = ray_search_queries("indexes/main", [("q1", "a person jumps"), ...], k=200, lam=5.0, limit=100)
+    from engine.request import SearchRequest
+    req = SearchRequest("any", k=200, lam=5.0, limit=100)          # the settings; each query brings its text
+    moments = ray_search_queries("indexes/main", [("q1", "a person jumps"), ...], req)
     with RaySearchPool("indexes/main", num_workers=8, address="auto") as pool:   # several settings, one load
         for k, lam in grid:
-            by_query = pool.search(queries, k=k, lam=lam, limit=100)
+            by_query = pool.search(queries, dataclasses.replace(req, k=k, lam=lam))
 
 Each worker is a Ray actor that loads the index, its retrieval model, the localizer and the corpus once
 (`Searcher(index_dir, localizer=..., device=...)`) and answers batches of queries with
-`searcher.search(text, k=k, lam=lam, limit=limit).moments`; the driver returns them keyed by query id,
+`searcher.search(request.with_text(text)).moments`; the driver returns them keyed by query id,
 in the order of the queries. A worker's results are those of the same Searcher run locally. The index
 directory, the corpus it names and the localizer run must be on storage every worker sees.
 """
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engine.corpus.types import Moment
+from engine.request import SearchRequest
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +43,11 @@ class SearchWorker:
         except Exception as e:  # noqa: BLE001 - reported to the driver as a picklable error
             raise portable_error(e) from None
 
-    def search(self, queries: list[tuple[str, str]], k: int, lam: float,
-               limit: int | None, r_mode: str = "motion") -> list[tuple[str, list[Moment]]]:
+    def search(self, queries: list[tuple[str, str]], request: SearchRequest) -> list[tuple[str, list[Moment]]]:
         out = []
         for qid, text in queries:
             try:
-                out.append((qid, self.searcher.search(text, k=k, lam=lam, limit=limit, r_mode=r_mode).moments))
+                out.append((qid, self.searcher.search(request.with_text(text)).moments))
             except Exception as e:  # noqa: BLE001 - reported to the driver as a picklable error
                 raise RuntimeError(f"query {qid!r}: {type(e).__name__}: {e}") from None
         return out
@@ -92,9 +94,9 @@ class RaySearchPool:
         log.info("ray search: %d workers (%.2g CPU%s each) over %s", self.num_workers, cpus,
                  ", 1 GPU" if gpus else "", index_dir)
 
-    def search(self, queries: Queries, k: int = 200, lam: float = 5.0,
-               limit: int | None = 10, r_mode: str = "motion") -> dict[str, list[Moment]]:
-        """{query id: moments} in the order of `queries`, as `Searcher.search(text, ...).moments` gives them."""
+    def search(self, queries: Queries, request: SearchRequest) -> dict[str, list[Moment]]:
+        """{query id: moments} in the order of `queries`, as `Searcher.search(request.with_text(text))` gives
+        them (the request's own text is not searched)."""
         from ray.util import ActorPool
 
         from indexer.ray_backend import ray_error
@@ -107,7 +109,7 @@ class RaySearchPool:
         got: dict[str, list[Moment]] = {}
         pool = ActorPool(self.actors)
         try:
-            for part in pool.map_unordered(lambda a, t: a.search.remote(t, k, lam, limit, r_mode), tasks):
+            for part in pool.map_unordered(lambda a, t: a.search.remote(t, request), tasks):
                 got.update(part)
         except self.ray.exceptions.RayError as e:
             raise RuntimeError(f"ray search failed: {ray_error(e)}") from e
@@ -126,12 +128,11 @@ class RaySearchPool:
         self.close()
 
 
-def ray_search_queries(index_dir: str | Path, queries: Queries, k: int = 200, lam: float = 5.0,
-                       limit: int | None = 10, localizer: str | Path | None = None, device: str = "cpu",
-                       num_workers: int = 2, address: str | None = None,
-                       r_mode: str = "motion") -> dict[str, list[Moment]]:
+def ray_search_queries(index_dir: str | Path, queries: Queries, request: SearchRequest,
+                       localizer: str | Path | None = None, device: str = "cpu",
+                       num_workers: int = 2, address: str | None = None) -> dict[str, list[Moment]]:
     """Search every (query id, text) on `num_workers` Ray workers: {query id: moments}, equal to running
-    `Searcher(index_dir, localizer=localizer, device=device).search(text, k=k, lam=lam, limit=limit)` here.
+    `Searcher(index_dir, localizer=localizer, device=device).search(request.with_text(text))` here.
 
     `address`: None starts a local Ray (or uses the one this process already initialised); 'auto' or
     'ray://HOST:10001' connects to a cluster."""
@@ -140,4 +141,4 @@ def ray_search_queries(index_dir: str | Path, queries: Queries, k: int = 200, la
         return {}
     with RaySearchPool(index_dir, localizer=localizer, device=device, num_workers=num_workers,
                        address=address) as pool:
-        return pool.search(queries, k=k, lam=lam, limit=limit, r_mode=r_mode)
+        return pool.search(queries, request)

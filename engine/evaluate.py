@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.corpus.store import CorpusStore
+from engine.corpus.types import RequestError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def localize_eval(corpus: str | Path, localizer_paths: dict[str, str | Path], ou
     motions, truth = _truth(store, split, max_queries)
     if not truth:
         raise ValueError(f"{corpus}: no annotations in split {split!r}")
-    meta = {r["motion_id"]: r for r in store.motion_table()}
+    meta = {m.motion_id: m for m in store.motion_table()}
     write_ground_truth(out_dir / "truth.jsonl", truth)
     enc, enc_name = similarity_encoder()
     emb = enc.encode([g.text for g in truth])
@@ -88,7 +89,7 @@ def localize_eval(corpus: str | Path, localizer_paths: dict[str, str | Path], ou
 
     # Prior-only baseline.
     prior = PriorSpan.fit(store.iter_motions(split="train", arrays=False))
-    rows = prior_run(truth, {m: r["duration_s"] for m, r in meta.items()}, prior)
+    rows = prior_run(truth, {m: info.duration_s for m, info in meta.items()}, prior)
     output.runs["prior"] = write_run(out_dir / "run-prior.jsonl", rows, meta={"method": "Prior only"})
     output.results.append(evaluate_tslm(rows, truth, method="Prior only (mean train span)", **res_kw))
 
@@ -97,7 +98,7 @@ def localize_eval(corpus: str | Path, localizer_paths: dict[str, str | Path], ou
         t0 = time.perf_counter()
         loc = Localizer.load(path, device=device, bf16=bf16)
         encoded = dict(zip(motion_ids, loc.encode_motions([store.features(m) for m in motion_ids],
-                                                          fps=[meta[m]["fps"] for m in motion_ids],
+                                                          fps=[meta[m].fps for m in motion_ids],
                                                           motion_ids=motion_ids)))
         rows = []
         bs = 256
@@ -149,7 +150,7 @@ def sliding_window_run(store: CorpusStore, truth, retrieval_path, meta, sizes, s
     rows = []
     for mid, gs in by_motion.items():
         feats = np.asarray(store.features(mid))
-        fps = meta[mid]["fps"]
+        fps = meta[mid].fps
         win = pyramid_windows(len(feats), sizes, stride)
         vecs = model.encode_motion([feats[a:b] for a, b in win])  # (W, d)
         q = model.encode_text([g.text for g in gs])  # (Q, d)
@@ -181,7 +182,7 @@ class WindowBank:
         spans = [chunk_spans]
         vecs = [np.asarray(chunk_vecs, np.float32)]
         feats = np.asarray(self.store.features(mid))
-        fps = float(self.meta[mid]["fps"])
+        fps = float(self.meta[mid].fps)
         n = len(feats)
         for size_s in self.sizes_s:
             w = int(round(size_s * fps))
@@ -217,6 +218,85 @@ def sliding_window_cmr_rows(bank: WindowBank, index, model, queries: dict[str, s
     return rows
 
 
+class CmrScorer:
+    """Scores corpus moment-retrieval runs: Recall@n,IoU against the ground truth, and DCG/NDCG with the
+    Text-Motion relevance (the retrieval model's similarity of the query to the returned moment) and the
+    Label-Text relevance (the similarity encoder's cosine of the query to the labels under the moment).
+
+    The one scoring path of `engine eval cmr` (runs in memory) and `engine eval run` (run files read back),
+    so the two give the same metrics for the same rows."""
+
+    def __init__(self, retrieval, store: CorpusStore, motions: dict, truth):
+        self.retrieval, self.store, self.motions, self.truth = retrieval, store, motions, truth
+        self.enc, self.enc_name = similarity_encoder()
+        self.labels = {m: store.annotations(m) for m in motions}
+        self._qvec: dict[str, np.ndarray] = {}
+        self._feats: dict[int, np.ndarray] = {}
+
+    def text_motion(self, rows) -> dict[int, float]:
+        """id(row) -> the retrieval model's similarity of the query to the returned moment (>= 0)."""
+        out = {}
+        for row in rows:
+            if row.query not in self._qvec:
+                self._qvec[row.query] = self.retrieval.encode_text([row.query])[0]
+            if row.motion_id not in self._feats:
+                self._feats[row.motion_id] = np.asarray(self.store.features(row.motion_id))
+            f = self._feats[row.motion_id]
+            fps = self.motions[row.motion_id].fps
+            a, b = int(row.start_s * fps), max(int(math.ceil(row.end_s * fps)), int(row.start_s * fps) + 2)
+            if b - a > 10 * fps:  # the model was trained on 2-10 s crops: use the moment's central 10 s
+                mid = (a + b) // 2
+                a, b = mid - int(5 * fps), mid + int(5 * fps)
+            out[id(row)] = max(0.0, float(self.retrieval.encode_motion([f[a:b]])[0] @ self._qvec[row.query]))
+        return out
+
+    def score(self, rows, setting: str, k: int | None = None, lam: float | None = None):
+        from eval.protocols import evaluate_cmr, relevance_from_rows, text_text_relevance
+
+        tm = self.text_motion(rows)
+        rel = [relevance_from_rows("Text-Motion", rows, lambda r: tm[id(r)]),
+               text_text_relevance(rows, self.labels, self.enc.encode, name="Label-Text")]
+        res = evaluate_cmr(rows, self.truth, relevances=rel, setting=setting)
+        res.k, res.lam = k, lam
+        return res
+
+    def score_run(self, run):
+        """A run read back from its file: the setting, k and lam come from its metadata."""
+        m = run.run_meta
+        return self.score(run.rows, str(m.extra.get("setting") or m.method), m.k, m.lam)
+
+
+def run_meta_for(searcher, method: str, setting: str, req=None, **extra):
+    """The typed run-file metadata every CMR writer records (index, models, request settings)."""
+    from eval.runfile import RunMeta
+
+    man = searcher.index.manifest
+    return RunMeta(method=method, index=str(searcher.index_dir), index_version=str(man.version),
+                   retrieval_fingerprint=man.model_fingerprint,
+                   localizer_fingerprint=searcher.localizer_fingerprint if req is not None else None,
+                   k=None if req is None else req.k, lam=None if req is None else req.lam,
+                   r_mode=None if req is None else req.r_mode, score=None if req is None else "paper",
+                   limit=None if req is None else req.limit, extra={"setting": setting, **extra})
+
+
+def eval_run_files(runs: Sequence[str | Path], truth_path: str | Path, index_dir: str | Path | None = None,
+                   device: str = "cpu") -> list:
+    """Score run files written earlier (by `engine eval cmr` or `engine search --run-out`) against a
+    ground-truth file, without searching again. The index (for the relevance models and the corpus)
+    is `index_dir` or the one the first run's metadata names."""
+    from engine.search import Searcher
+    from eval.runfile import read_ground_truth, read_run
+
+    read = [read_run(p) for p in runs]
+    truth = read_ground_truth(truth_path)
+    where = index_dir or (read[0].run_meta.index if read else None)
+    if not where:
+        raise RequestError("--index", f"{runs[0]} names no index in its metadata; pass --index")
+    searcher = Searcher(where, device=device)
+    scorer = CmrScorer(searcher.retrieval, searcher.store, searcher.motions, truth)
+    return [scorer.score_run(r) for r in read]
+
+
 def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
              ks: Sequence[int] = (100, 200), lams: Sequence[float] = (5.0, 10.0), limit: int = 100,
              max_queries: int | None = 300, localizer: str | Path | None = None, device: str = "cpu",
@@ -227,9 +307,10 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
 
     Methods: the MLP searcher on the (k, lambda) grid; baselines retrieval only (best 10 s chunk, ranked by
     r) and, with `sliding_window`, the sliding-window localizer (for each k: best window of each top-k
-    motion, ranked by window similarity)."""
+    motion, ranked by window similarity). Every run is written with its `RunMeta` and scored by
+    `CmrScorer`, the same path as `engine eval run`."""
+    from engine.request import SearchRequest
     from engine.search import Searcher
-    from eval.protocols import evaluate_cmr, relevance_from_rows, text_text_relevance
     from eval.report import write_metrics_json
     from eval.runfile import RunRow, rows_from_moments, write_ground_truth, write_run
 
@@ -242,33 +323,13 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
         raise ValueError(f"{index_dir}: no annotations in split {split!r} of its corpus")
     write_ground_truth(out_dir / "truth.jsonl", truth)
     queries = {g.query_id: g.text for g in truth}
-    enc, enc_name = similarity_encoder()
-    labels = {m: store.annotations(m) for m in searcher.meta}
+    scorer = CmrScorer(searcher.retrieval, store, searcher.motions, truth)
     output = EvalOutput(meta={"index": str(index_dir), "split": split, "queries": len(queries),
-                              "similarity_model": enc_name, "limit": limit})
-    qvec_cache: dict[str, np.ndarray] = {}
+                              "similarity_model": scorer.enc_name, "limit": limit})
 
-    def text_motion(rows):
-        # Text-motion relevance: the retrieval model's similarity of the query to the retrieved moment.
-        feats_cache: dict[int, np.ndarray] = {}
-        out = {}
-        for row in rows:
-            if row.query not in qvec_cache:
-                qvec_cache[row.query] = searcher.retrieval.encode_text([row.query])[0]
-            f = feats_cache.setdefault(row.motion_id, np.asarray(store.features(row.motion_id)))
-            fps = searcher.meta[row.motion_id]["fps"]
-            a, b = int(row.start_s * fps), max(int(math.ceil(row.end_s * fps)), int(row.start_s * fps) + 2)
-            if b - a > 10 * fps:  # the model was trained on 2-10 s crops: use the moment's central 10 s
-                mid = (a + b) // 2
-                a, b = mid - int(5 * fps), mid + int(5 * fps)
-            out[id(row)] = max(0.0, float(searcher.retrieval.encode_motion([f[a:b]])[0] @ qvec_cache[row.query]))
-        return out
-
-    def score(rows, setting, k=None, lam=None):
-        tm = text_motion(rows)
-        rel = [relevance_from_rows("Text-Motion", rows, lambda r: tm[id(r)]),
-               text_text_relevance(rows, labels, enc.encode, name="Label-Text")]
-        return evaluate_cmr(rows, truth, relevances=rel, setting=setting)
+    def finish(name: str, rows, meta, k=None, lam=None) -> None:
+        output.runs[name] = write_run(out_dir / f"run-{name}.jsonl", rows, meta=meta)
+        output.results.append(scorer.score(rows, meta.extra["setting"], k, lam))
 
     total = len(r_modes) * len(ks) * len(lams) * len(queries)
     done = 0
@@ -282,18 +343,19 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
         raise ValueError(f"backend must be local or ray (got {backend!r})")
     try:
         for r_mode, k, lam in itertools.product(r_modes, ks, lams):
+            req = SearchRequest(next(iter(queries.values())), k=k, lam=lam, limit=limit, r_mode=r_mode)
             rows = []
             t0 = time.perf_counter()
             localized = []
             if pool is not None:
-                by_query = pool.search(list(queries.items()), k=k, lam=lam, limit=limit, r_mode=r_mode)
+                by_query = pool.search(list(queries.items()), req)
                 for qid, text in queries.items():
                     rows.extend(rows_from_moments(qid, text, by_query[qid]))
                 done += len(queries)
                 if progress:
                     progress("cmr", done, total)
             for qid, text in (queries.items() if pool is None else ()):
-                res = searcher.search(text, k=k, lam=lam, limit=limit, r_mode=r_mode)
+                res = searcher.search(req.with_text(text))
                 rows.extend(rows_from_moments(qid, text, res.moments))
                 localized.append(res.localized)
                 done += 1
@@ -303,11 +365,8 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
             suffix = "" if r_mode == "motion" else f"-r{r_mode}"
             name = f"mlp-k{k}-lam{lam:g}{suffix}"
             output.timings_s[name] = dt
-            output.runs[name] = write_run(out_dir / f"run-{name}.jsonl", rows,
-                                          meta={"method": "MLP", "k": k, "lam": lam, "r_mode": r_mode})
-            r = score(rows, f"MLP k={k}, λ={lam:g}" + ("" if r_mode == "motion" else f", {r_mode} r"), k, lam)
-            r.k, r.lam = k, lam
-            output.results.append(r)
+            setting = f"MLP k={k}, λ={lam:g}" + ("" if r_mode == "motion" else f", {r_mode} r")
+            finish(name, rows, run_meta_for(searcher, "MLP", setting, req), k, lam)
             if localized:
                 output.meta[f"{name}_mean_localized"] = float(np.mean(localized))
     finally:
@@ -322,23 +381,21 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
         chunks = searcher.index.chunks(hits.chunk_ids)
         for rank, (mid, r, ch) in enumerate(zip(hits.motion_ids.tolist(), hits.r.tolist(), chunks), 1):
             rows.append(RunRow(qid, text, int(mid), ch.start_s, ch.end_s, rank, float(r), r=float(r)))
-    output.runs["retrieval-only"] = write_run(out_dir / "run-retrieval-only.jsonl", rows,
-                                              meta={"method": "Retrieval only (best chunk)"})
-    output.results.append(score(rows, "Retrieval only (best 10 s chunk)"))
+    meta = run_meta_for(searcher, "Retrieval only (best chunk)", "Retrieval only (best 10 s chunk)")
+    meta.limit = limit
+    finish("retrieval-only", rows, meta)
 
     if sliding_window:
-        bank = WindowBank(searcher.index, searcher.retrieval, store, searcher.meta, window_sizes_s)
+        bank = WindowBank(searcher.index, searcher.retrieval, store, searcher.motions, window_sizes_s)
         for k in ks:
             t0 = time.perf_counter()
             rows = sliding_window_cmr_rows(bank, searcher.index, searcher.retrieval, queries, k, limit)
             name = f"sliding-window-k{k}"
             output.timings_s[name] = time.perf_counter() - t0
-            output.runs[name] = write_run(out_dir / f"run-{name}.jsonl", rows,
-                                          meta={"method": "Retrieval + sliding windows", "k": k,
-                                                "window_sizes_s": list(bank.sizes_s) + [10.0]})
-            r = score(rows, f"Sliding windows k={k}", k)
-            r.k = k
-            output.results.append(r)
+            meta = run_meta_for(searcher, "Retrieval + sliding windows", f"Sliding windows k={k}",
+                                window_sizes_s=list(bank.sizes_s) + [10.0])
+            meta.k, meta.limit = k, limit
+            finish(name, rows, meta, k)
             if progress:
                 progress("sliding-window", ks.index(k) + 1, len(ks))
         output.meta["sliding_window_windows_embedded"] = bank.windows_embedded

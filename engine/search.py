@@ -1,16 +1,20 @@
 """Corpus-level moment retrieval: text -> FAISS top chunks -> top-k motions -> MLP localizer -> ranked moments.
 
-`Searcher(index_dir).search("kung fu pose", k=200, lam=5.0, limit=10)` is the one function the CLI (and
-HTTP) call. The ranking score of a moment is `p_se * exp(lam * r)` where `r` is the motion's best chunk
-similarity and `p_se` the localizer's joint start/end probability.
+`Searcher(index).search(SearchRequest("kung fu pose", k=200, lam=5.0, limit=10))` is the one function the
+CLI, HTTP, evaluation, Ray and the benches call; `load_searcher` is the one way they open it. The ranking
+score of a moment is `p_se * exp(lam * r)` where `p_se` is the localizer's joint start/end probability and
+`r` the retrieval similarity: the motion's best chunk (the paper, `r_mode="motion"`) or the best chunk that
+covers the moment (`r_mode="moment"`, never above the motion's).
 
-Exact top-n pruning: because `p_se <= 1`, a motion whose `exp(lam * r)` is below the n-th best score
-found so far cannot enter the top n. Motions are localized in order of decreasing r, in batches, and the
-loop stops when no remaining motion can enter. The result equals localizing all k motions (oracle test).
+Exact top-n pruning: because `p_se <= 1` and a moment's r is at most its motion's, a motion whose
+`exp(lam * r)` is below the n-th best score found so far cannot enter the top n. Motions are localized in
+order of decreasing r, in batches, and the loop stops when no remaining motion can enter. The result
+equals localizing all k motions (oracle test).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -20,25 +24,21 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.corpus.types import Moment
+from engine.corpus.types import IndexFileError, Moment, MotionInfo
+from engine.request import MAX_QUERY_CHARS, R_MODES, SearchRequest, validate_query  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-MAX_QUERY_CHARS = 512
-R_MODES = ("motion", "moment")
 
+@dataclass(frozen=True)
+class SpanHit:
+    """A localized span of one motion; `r` is its own retrieval similarity when the r mode gives one
+    (it must not exceed the motion's r: the ranking clamps it so that the pruning bound holds)."""
 
-@dataclass
-class Candidate:
-    """A moment before it becomes a `Moment`: motion rank in the r order, span, probabilities."""
-
-    motion_id: int
     start_s: float
     end_s: float
     p_se: float
-    r: float
-    score: float
-    order: int  # position of the motion in the r-sorted list (tie-break)
+    r: float | None = None
 
 
 @dataclass
@@ -51,9 +51,8 @@ class RankStats:
     pruned: bool
 
 
-# A localize function: motion ids (a batch) -> for each, a list of (start_s, end_s, p_se) or
-# (start_s, end_s, p_se, r_moment) where the moment carries its own retrieval similarity r_moment <= r.
-LocalizeFn = Callable[[Sequence[int]], list[list[tuple[float, ...]]]]
+# A localize function: motion ids (a batch) -> for each motion, its candidate spans.
+LocalizeFn = Callable[[Sequence[int]], Sequence[Sequence[SpanHit]]]
 
 
 def rank_moments(
@@ -65,18 +64,19 @@ def rank_moments(
     batch_size: int = 32,
     prune: bool = True,
     keep: Callable[[int, float, float], bool] | None = None,
-) -> tuple[list[Candidate], RankStats]:
-    """Score the moments of motions (sorted by decreasing r) and return the best `limit` of them.
+) -> tuple[list[Moment], RankStats]:
+    """Score the moments of motions (sorted by decreasing r) and return the best `limit` of them, ranked.
 
     `keep(motion_id, start_s, end_s)` filters candidate moments (e.g. by length). With `prune`, the loop
-    stops as soon as `exp(lam * r_next) < n-th best score`: since p_se <= 1 (and a moment's own r, when
-    `localize` gives one, is at most its motion's r) nothing after can enter.
+    stops as soon as `exp(lam * r_next) < n-th best score`: since p_se <= 1 (and a moment's own r is at
+    most its motion's r) nothing after can enter.
     Ties are broken by the motion's r order, then by start time, so pruned and exhaustive runs agree.
+    The moments carry motion id, span, scores and rank; the caller fills in the motion's name and label.
     """
     r = np.asarray(r, dtype=np.float64)
     if len(r) > 1 and np.any(np.diff(r) > 1e-12):
         raise ValueError("rank_moments: motions must be sorted by decreasing r")
-    cands: list[Candidate] = []
+    cands: list[tuple[tuple[float, int, float], Moment]] = []  # ((-score, r order, start), moment)
     kth = -math.inf
     localized = batches = 0
     for b0 in range(0, len(motion_ids), batch_size):
@@ -86,21 +86,24 @@ def rank_moments(
         spans = localize(ids)
         batches += 1
         localized += len(ids)
-        for j, (mid, moments) in enumerate(zip(ids, spans)):
+        for j, (mid, hits) in enumerate(zip(ids, spans)):
             r_motion = float(r[b0 + j])
-            for start_s, end_s, p_se, *rest in moments:
-                if keep is not None and not keep(mid, start_s, end_s):
+            for h in hits:
+                if keep is not None and not keep(mid, h.start_s, h.end_s):
                     continue
                 # A moment's own r never exceeds its motion's (the bound above relies on it).
-                r_used = min(float(rest[0]), r_motion) if rest else r_motion
-                cands.append(Candidate(int(mid), float(start_s), float(end_s), float(p_se), r_used,
-                                       float(p_se) * math.exp(lam * r_used), b0 + j))
-        cands.sort(key=lambda c: (-c.score, c.order, c.start_s))
+                r_used = min(float(h.r), r_motion) if h.r is not None else r_motion
+                score = float(h.p_se) * math.exp(lam * r_used)
+                m = Moment(motion_id=int(mid), start_s=float(h.start_s), end_s=float(h.end_s), score=score,
+                           p_se=float(h.p_se), r=r_used)
+                cands.append(((-score, b0 + j, m.start_s), m))
+        cands.sort(key=lambda c: c[0])
         if limit is not None:
             del cands[limit:]
             if len(cands) >= limit:
-                kth = cands[-1].score
-    return cands, RankStats(k=len(motion_ids), localized=localized, batches=batches, pruned=prune)
+                kth = -cands[-1][0][0]
+    ranked = [dataclasses.replace(m, rank=i) for i, (_, m) in enumerate(cands, 1)]
+    return ranked, RankStats(k=len(motion_ids), localized=localized, batches=batches, pruned=prune)
 
 
 def localizer_tag(path: str | Path) -> str:
@@ -118,31 +121,41 @@ def localizer_tag(path: str | Path) -> str:
 
 @dataclass
 class SearchResult:
-    query: str
+    """The ranked moments of one request, with what the search did (k used, motions localized, timings)."""
+
+    request: SearchRequest
     moments: list[Moment]
     k: int
-    lam: float
     localized: int
     timings_s: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def query(self) -> str:
+        return self.request.text
 
-def validate_query(text: str) -> str:
-    if text is None or not text.strip():
-        raise ValueError("empty query: type what the motion should show, e.g. \"kung fu pose\"")
-    if len(text) > MAX_QUERY_CHARS:
-        raise ValueError(f"query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}")
-    return text.strip()
+    @property
+    def lam(self) -> float:
+        return self.request.lam
+
+    def to_dict(self) -> dict:
+        """The JSON form the CLI (`--json`) and the HTTP API share."""
+        q = self.request
+        return {"query": q.text, "k": self.k, "lam": q.lam, "r": q.r_mode, "limit": q.limit,
+                "localized": self.localized, "moments": [m.to_dict() for m in self.moments],
+                "timings_s": {kk: round(v, 6) for kk, v in self.timings_s.items()}}
 
 
 class Searcher:
-    """Loads an index (verified), its retrieval model, the localizer and the corpus once; answers queries.
+    """Loads an index (verified), its retrieval model, the localizer and the corpus once; answers requests.
 
     Caches (encoded motions, labels, the localizer's text LRU) are plain dicts: serve concurrent
     requests with one Searcher per worker or a lock around `search`.
+    `use_motion_cache=False` encodes every motion from its raw features on every request: neither the
+    index's cached encoding nor earlier requests' are used (the naive path benches compare to).
     """
 
     def __init__(self, index_dir: str | Path, localizer: str | Path | None = None, corpus: str | Path | None = None,
-                 device: str = "cpu", bf16: bool = False):
+                 device: str = "cpu", bf16: bool = False, use_motion_cache: bool = True):
         from engine.corpus.store import CorpusStore
         from engine.home import default_localizer_path
         from indexer.build import open_index
@@ -153,16 +166,20 @@ class Searcher:
         man = self.index.manifest
         self.retrieval = self.index.load_model(device=device)
         loc_path = Path(localizer) if localizer is not None else default_localizer_path()
+        self.localizer_path = loc_path
         self.localizer = Localizer.load(loc_path, device=device, bf16=bf16)
         # The index caches the localizer's query-independent motion encoding when built with the same
         # checkpoint (its tag is the checkpoint's sha256); otherwise motions are encoded on first use.
-        self.use_cache = man.motion_feature_tag is not None and man.motion_feature_tag == localizer_tag(loc_path)
+        self.localizer_fingerprint = localizer_tag(loc_path)
+        self.use_cache = (use_motion_cache and man.motion_feature_tag is not None
+                          and man.motion_feature_tag == self.localizer_fingerprint)
+        self.use_motion_cache = use_motion_cache
         if corpus is None:
             corpus, url = man.corpus.get("dir"), man.corpus.get("url")
         else:
             url = None
         self.store = CorpusStore.open(corpus, url=url, create=False)
-        self.meta = {row["motion_id"]: row for row in self.store.motion_table()}
+        self.motions: dict[int, MotionInfo] = {m.motion_id: m for m in self.store.motion_table()}
         self._encoded: dict[int, object] = {}
         self._labels: dict[int, list] = {}
 
@@ -179,115 +196,142 @@ class Searcher:
             cover = inter == inter.max()
         return float(sim[cover].max())
 
-    def _encoded_motions(self, motion_ids: Sequence[int]):
+    def clear_caches(self) -> None:
+        """Forget encoded motions and labels (the next requests encode again)."""
+        self._encoded.clear()
+        self._labels.clear()
+
+    def _encoded_motions(self, motion_ids: Sequence[int], keep: bool = True):
         from localizer.infer import EncodedMotion
 
-        missing = [m for m in motion_ids if m not in self._encoded]
+        got = {m: self._encoded[m] for m in motion_ids if m in self._encoded}
+        missing = [m for m in motion_ids if m not in got]
         if self.use_cache:
             for m in missing:
                 cached = self.index.motion_features(m)
                 if cached is not None:
-                    self._encoded[m] = EncodedMotion(features=cached, duration_s=self.meta[m]["duration_s"],
-                                                     motion_id=m)
-        rest = [m for m in missing if m not in self._encoded]
+                    got[m] = EncodedMotion(features=cached, duration_s=self.motions[m].duration_s, motion_id=m)
+        rest = [m for m in missing if m not in got]
         if rest:
             enc = self.localizer.encode_motions([self.store.features(m) for m in rest],
-                                                fps=[self.meta[m]["fps"] for m in rest], motion_ids=rest)
-            for m, e in zip(rest, enc):
-                self._encoded[m] = e
-        return [self._encoded[m] for m in motion_ids]
+                                                fps=[self.motions[m].fps for m in rest], motion_ids=rest)
+            got.update(zip(rest, enc))
+        if keep:
+            self._encoded.update(got)
+        return [got[m] for m in motion_ids]
 
     def label(self, motion_id: int, start_s: float, end_s: float) -> str | None:
         """The ground-truth annotation that best overlaps the moment (IoU), when the corpus has one."""
+        from engine.corpus.spans import temporal_iou
+
         anns = self._labels.get(motion_id)
         if anns is None:
             anns = self._labels[motion_id] = self.store.annotations(motion_id)
         best, best_iou = None, 0.0
         for a in anns:
-            inter = max(0.0, min(end_s, a.end_s) - max(start_s, a.start_s))
-            union = max(end_s, a.end_s) - min(start_s, a.start_s)
-            iou = inter / union if union > 0 else 0.0
+            iou = temporal_iou(start_s, end_s, a.start_s, a.end_s)
             if iou > best_iou:
                 best, best_iou = a.text, iou
         return best
 
-    # ------------------------------------------------------------------ search
-    def search(self, text: str, k: int = 200, lam: float = 5.0, limit: int | None = 10, top_m: int = 3,
-               nms_iou: float = 0.5, batch_size: int = 32, prune: bool = True, sources: Sequence[str] | None = None,
-               min_motion_s: float | None = None, max_motion_s: float | None = None,
-               min_moment_s: float | None = None, max_moment_s: float | None = None,
-               r_mode: str = "motion") -> SearchResult:
-        """Ranked moments for `text`. Score = p_se * exp(lam * r); `r_mode` picks r:
-
-        - "motion" (the paper): r = the motion's best chunk similarity, shared by all its moments;
-        - "moment": r = the best similarity among the chunks that cover the moment (at least half of the
-          shorter of chunk and moment), so a moment localized away from the matching chunk ranks lower.
-          It is never above the motion's r, so pruning stays exact."""
-        text = validate_query(text)
-        if r_mode not in R_MODES:
-            raise ValueError(f"r_mode must be one of {', '.join(R_MODES)} (got {r_mode!r})")
-        if k <= 0:
-            raise ValueError(f"k must be positive (got {k})")
-        if limit is not None and limit <= 0:
-            raise ValueError(f"limit must be positive (got {limit})")
-        t = {}
-        t0 = time.perf_counter()
-        q = self.retrieval.encode_text([text])  # (1, d)
-        t["embed_text"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        filtered = bool(sources or min_motion_s or max_motion_s)
+    def _candidates(self, q: np.ndarray, req: SearchRequest) -> tuple[list[int], list[float]]:
+        """The top-k motions by r (filtered), sorted by decreasing r."""
+        k = min(req.k, max(1, len(self.motions)))
         want = k
         while True:
             hits = self.index.motion_best(q, k_motions=want)[0]
             ids, rs = [], []
             for mid, r in zip(hits.motion_ids.tolist(), hits.r.tolist()):
-                row = self.meta.get(mid)
-                if row is None:
-                    continue
-                if sources and row["source"] not in sources:
-                    continue
-                if min_motion_s is not None and row["duration_s"] < min_motion_s:
-                    continue
-                if max_motion_s is not None and row["duration_s"] > max_motion_s:
+                info = self.motions.get(mid)
+                if info is None or not req.keeps_motion(info.source, info.duration_s):
                     continue
                 ids.append(mid)
                 rs.append(r)
-            if not filtered or len(ids) >= k or want >= len(self.meta):
-                break
-            want = min(want * 4, len(self.meta))
-        ids, rs = ids[:k], rs[:k]
-        t["retrieve"] = time.perf_counter() - t0
+            if not req.filters_motions or len(ids) >= k or want >= len(self.motions):
+                return ids[:k], rs[:k]
+            want = min(want * 4, len(self.motions))
 
-        def keep(_mid: int, s: float, e: float) -> bool:
-            d = e - s
-            return (min_moment_s is None or d >= min_moment_s) and (max_moment_s is None or d <= max_moment_s)
+    # ------------------------------------------------------------------ search
+    def search(self, req: SearchRequest) -> SearchResult:
+        """Ranked moments for the request. Score = p_se * exp(lam * r); `req.r_mode` picks r:
+
+        - "motion" (the paper): r = the motion's best chunk similarity, shared by all its moments;
+        - "moment": r = the best similarity among the chunks that cover the moment (at least half of the
+          shorter of chunk and moment), so a moment localized away from the matching chunk ranks lower.
+          It is never above the motion's r, so pruning stays exact."""
+        if not isinstance(req, SearchRequest):
+            raise TypeError(f"Searcher.search takes a SearchRequest (got {type(req).__name__})")
+        t = {}
+        t0 = time.perf_counter()
+        q = self.retrieval.encode_text([req.text])  # (1, d)
+        t["embed_text"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        ids, rs = self._candidates(q, req)
+        t["retrieve"] = time.perf_counter() - t0
 
         t_enc = [0.0]
         t_loc = [0.0]
+        keep_encoded = req.use_cache and self.use_motion_cache
 
-        def localize(batch: Sequence[int]):
+        def localize(batch: Sequence[int]) -> list[list[SpanHit]]:
             t1 = time.perf_counter()
-            enc = self._encoded_motions(batch)
+            enc = self._encoded_motions(batch, keep=keep_encoded)
             t2 = time.perf_counter()
-            spans = self.localizer.localize(text, enc, top_m=top_m, nms_iou=nms_iou, batch_size=batch_size)
+            spans = self.localizer.localize(req.text, enc, top_m=req.top_m, nms_iou=req.nms_iou,
+                                            batch_size=req.batch_size)
             t_enc[0] += t2 - t1
             t_loc[0] += time.perf_counter() - t2
-            if r_mode == "moment":
-                return [[(s.start_s, s.end_s, s.p_se, self.moment_r(q[0], mid, s.start_s, s.end_s)) for s in row]
-                        for mid, row in zip(batch, spans)]
-            return [[(s.start_s, s.end_s, s.p_se) for s in row] for row in spans]
+            if req.r_mode == "moment":
+                return [[SpanHit(s.start_s, s.end_s, s.p_se, self.moment_r(q[0], mid, s.start_s, s.end_s))
+                         for s in row] for mid, row in zip(batch, spans)]
+            return [[SpanHit(s.start_s, s.end_s, s.p_se) for s in row] for row in spans]
 
-        use_keep = min_moment_s is not None or max_moment_s is not None
-        cands, stats = rank_moments(ids, rs, localize, lam, limit, batch_size=batch_size, prune=prune,
-                                    keep=keep if use_keep else None)
+        ranked, stats = rank_moments(ids, rs, localize, req.lam, req.limit, batch_size=req.batch_size,
+                                     prune=req.prune,
+                                     keep=(lambda _m, s, e: req.keeps_moment(s, e)) if req.filters_moments else None)
         t["motion_encode"] = t_enc[0]
         t["localize"] = t_loc[0]
         t0 = time.perf_counter()
-        moments = [Moment(motion_id=c.motion_id, source=self.meta[c.motion_id]["source"], start_s=c.start_s,
-                          end_s=c.end_s, score=c.score, p_se=c.p_se, r=c.r,
-                          label=self.label(c.motion_id, c.start_s, c.end_s), name=self.meta[c.motion_id]["name"])
-                   for c in cands]
+        moments = [self.describe(m) for m in ranked]
         t["rank"] = time.perf_counter() - t0
-        return SearchResult(query=text, moments=moments, k=len(ids), lam=lam, localized=stats.localized,
-                            timings_s=t)
+        return SearchResult(request=req, moments=moments, k=len(ids), localized=stats.localized, timings_s=t)
+
+    def describe(self, m: Moment) -> Moment:
+        """The moment with its motion's name, source, path and duration, and the best-overlapping label."""
+        info = self.motions[m.motion_id]
+        return dataclasses.replace(m, source=info.source, name=info.name, path=info.path,
+                                   duration_s=info.duration_s, label=self.label(m.motion_id, m.start_s, m.end_s))
+
+
+def load_searcher(index: str | Path | None = None, localizer: str | Path | None = None, device: str = "cpu",
+                  notify: Callable[[str], None] | None = None,
+                  progress: Callable[[str, int, int], None] | None = None, warmup: bool = False) -> Searcher:
+    """Open a Searcher: on `index`, or on the built-in index (prepared on first use) when `index` is None.
+
+    The one loader of the CLI and the server. Errors are `IndexFileError`s that say how to fix them.
+    `warmup` runs one small query so that the first real request does not pay for lazy initialisation.
+    """
+    from engine.corpus.types import EngineError
+
+    if index is None:
+        from engine.home import default_index_dir, ensure_default_index
+
+        if not (default_index_dir() / "CURRENT").exists() and notify:
+            notify("preparing the built-in corpus and its index (first run only, a few minutes) ...")
+        index = ensure_default_index(progress=progress, device=device)
+    index = Path(index)
+    if not index.exists():
+        raise IndexFileError(str(index), "no such index; build one with `engine index build --corpus CORPUS_DIR "
+                             f"--out {index} --model RUN_DIR`")
+    if localizer is not None and not Path(localizer).exists():
+        raise IndexFileError(str(localizer), "no such localizer run directory (--localizer)")
+    try:
+        searcher = Searcher(index, localizer=localizer, device=device)
+    except (EngineError, FileNotFoundError, ValueError, OSError) as e:
+        raise IndexFileError(str(index), f"cannot load the index ({e}); check it with `engine index verify "
+                             f"{index}` or rebuild it with `engine index build --corpus CORPUS_DIR --out "
+                             "INDEX_DIR --model RUN_DIR`") from e
+    if warmup and searcher.motions:
+        searcher.search(SearchRequest("a person walks forward", k=min(8, len(searcher.motions)), limit=1))
+    return searcher

@@ -11,8 +11,10 @@ several)::
 
 Two encodings, chosen by the file suffix:
 
-- ``.jsonl`` — one JSON object per line. An optional first line ``{"meta": {...}}`` carries free-form
-  run metadata (method, checkpoint, k, lam, ...).
+- ``.jsonl`` — one JSON object per line. An optional first line ``{"meta": {...}}`` carries the run's
+  metadata, a `RunMeta`: the method, the index (directory, version, retrieval-model fingerprint), the
+  localizer fingerprint and the request settings (k, lam, r mode, score, limit). Every writer records the
+  same fields, so that `engine eval run` can score a run written earlier without searching again.
 - ``.tsv`` — tab-separated with a header line, quoted by the `csv` module where a text needs it; an
   optional first line ``# meta: {...json...}`` carries the metadata. Empty `p_se` / `r` cells mean None.
 
@@ -24,6 +26,7 @@ the method has none (a single-motion localizer has no `r`). Readers validate eve
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.corpus.io import atomic_write_text
 from engine.corpus.types import CorpusError, Moment
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,38 @@ class RunRow:
 
 
 @dataclass
+class RunMeta:
+    """Where a run came from and how it was made: the typed metadata line of a run file."""
+
+    method: str
+    index: str | None = None  # the index directory the run searched
+    index_version: str | None = None
+    retrieval_fingerprint: str | None = None
+    localizer_fingerprint: str | None = None
+    k: int | None = None
+    lam: float | None = None
+    r_mode: str | None = None
+    score: str | None = None  # the ranking score's name (e.g. "paper": p_se * exp(lam * r))
+    limit: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific settings (window sizes, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunMeta:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        d = dict(d)
+        if "lambda" in d and "lam" not in d:  # older writers
+            d["lam"] = d.pop("lambda")
+        known = {k: d.pop(k) for k in list(d) if k in names}
+        known.setdefault("method", "")
+        return cls(**known, extra=d)
+
+
+@dataclass
 class GroundTruth:
     """One labelled moment of a query."""
 
@@ -75,6 +111,10 @@ class Run:
 
     rows: list[RunRow]
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_meta(self) -> RunMeta:
+        return RunMeta.from_dict(self.meta)
 
     def by_query(self) -> dict[str, list[RunRow]]:
         """query_id -> its rows sorted by rank (queries in first-seen order)."""
@@ -121,12 +161,7 @@ def _format(path: Path) -> str:
 
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _cell(v: Any) -> str:
@@ -154,9 +189,11 @@ def _encode(records: list[dict[str, Any]], fields: Sequence[str], fmt: str, meta
     return buf.getvalue()
 
 
-def write_run(path: str | os.PathLike, rows: Iterable[RunRow], meta: dict[str, Any] | None = None) -> Path:
+def write_run(path: str | os.PathLike, rows: Iterable[RunRow], meta: RunMeta | dict[str, Any] | None = None) -> Path:
     """Write a run (.jsonl or .tsv by suffix), atomically; rows are validated first."""
     path = Path(path)
+    if isinstance(meta, RunMeta):
+        meta = meta.to_dict()
     fmt = _format(path)
     rows = list(rows)
     _check_run(rows, str(path))

@@ -431,16 +431,15 @@ def _corpus_motions(store, config: IndexConfig, motion_ids: Iterable[int] | None
     rows = store.motion_table()
     if motion_ids is not None:
         wanted = {int(i) for i in motion_ids}
-        known = {int(r["motion_id"]) for r in rows}
+        known = {r.motion_id for r in rows}
         missing = sorted(wanted - known)
         if missing:
             raise CorpusError(f"corpus {store.dir}", f"no motions with ids {missing[:10]}")
-        rows = [r for r in rows if int(r["motion_id"]) in wanted]
+        rows = [r for r in rows if r.motion_id in wanted]
     else:
-        rows = [r for r in rows if (config.split is None or r["split"] == config.split)
-                and (config.source is None or r["source"] == config.source)]
-    return [IndexedMotion(int(r["motion_id"]), r["name"], r["source"], float(r["fps"]), int(r["n_frames"]),
-                          float(r["duration_s"]), r["split"]) for r in rows]
+        rows = [r for r in rows if (config.split is None or r.split == config.split)
+                and (config.source is None or r.source == config.source)]
+    return [IndexedMotion(r.motion_id, r.name, r.source, r.fps, r.n_frames, r.duration_s, r.split) for r in rows]
 
 
 def _corpus_info(store) -> dict[str, Any]:
@@ -1115,9 +1114,9 @@ def _deep_check(vdir: Path, man: Manifest, rep: VerifyReport, corpus) -> None:
             rep.problems.append("motion features: motion ids differ from the indexed motions")
     if corpus is not None:
         store = _open_store(corpus)
-        rows = {int(r["motion_id"]): r for r in store.motion_table()}
+        rows = {r.motion_id: r for r in store.motion_table()}
         gone = [m.motion_id for m in motions if m.motion_id not in rows]
-        changed = [m.motion_id for m in motions if m.motion_id in rows and int(rows[m.motion_id]["n_frames"]) != m.n_frames]
+        changed = [m.motion_id for m in motions if m.motion_id in rows and rows[m.motion_id].n_frames != m.n_frames]
         if gone:
             rep.warnings.append(f"{len(gone)} indexed motions are gone from the corpus (e.g. {gone[:5]}); run sync")
         if changed:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.corpus.spans import temporal_iou  # noqa: F401 (re-exported)
+
 
 @dataclass
 class SpanCandidate:
@@ -64,13 +66,6 @@ def decode_best(p_start: torch.Tensor, p_end: torch.Tensor, max_len: int | None 
     flat = joint_matrix(p_start.float(), p_end.float(), max_len).reshape(b, t * t)  # (B, T*T)
     p_se, arg = flat.max(dim=1)
     return DecodedBatch(start_idx=arg // t, end_idx=arg % t, p_se=p_se)
-
-
-def temporal_iou(a_start: float, a_end: float, b_start: float, b_end: float) -> float:
-    """IoU of two intervals [a_start, a_end) and [b_start, b_end)."""
-    inter = max(0.0, min(a_end, b_end) - max(a_start, b_start))
-    union = max(a_end, b_end) - min(a_start, b_start)
-    return inter / union if union > 0 else 0.0
 
 
 def nms(candidates: list[SpanCandidate], iou_threshold: float, top_m: int | None = None) -> list[SpanCandidate]:

@@ -224,7 +224,7 @@ def test_prior_baseline_end_to_end_on_a_store(tmp_path):
         store.add_motions(train + test)
         prior = protocols.PriorSpan.fit(store.iter_motions(split="train", arrays=False))
         truth = protocols.ground_truth_from_motions(store.iter_motions(split="test", arrays=False))
-        durations = {row["motion_id"]: row["duration_s"] for row in store.motion_table()}
+        durations = {row.motion_id: row.duration_s for row in store.motion_table()}
     assert prior.rel_start == pytest.approx(0.2) and prior.rel_end == pytest.approx(0.6)
     mid = truth[0].motion_id
     assert [(g.query_id, g.text) for g in truth] == [(f"{mid}:s0", "walk"), (f"{mid}:1", "jump")]

@@ -17,6 +17,7 @@ pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install '
 
 import indexer.build as B  # noqa: E402
 from engine.corpus.types import Moment  # noqa: E402
+from engine.request import SearchRequest  # noqa: E402
 from indexer.manifest import Manifest, read_current, version_dir  # noqa: E402
 from indexer.model import RetrievalConfig, RetrievalModel  # noqa: E402
 
@@ -144,14 +145,15 @@ def test_ray_search_queries_equal_local_searcher(ray_cluster, pipeline, searcher
     _, index, loc_run = pipeline
     texts = ["a person walks forward", "someone jumps", "a person waves", "kick", "sit down", "turn around"]
     queries = [(f"q{i}", t) for i, t in enumerate(texts)]
-    got = ray_search_queries(index, queries, k=20, lam=5.0, limit=5, localizer=loc_run, num_workers=2)
+    req = SearchRequest("any", k=20, lam=5.0, limit=5, r_mode="motion")
+    got = ray_search_queries(index, queries, req, localizer=loc_run, num_workers=2)
     assert list(got) == [qid for qid, _ in queries]
     for qid, text in queries:
-        want = searcher.search(text, k=20, lam=5.0, limit=5).moments
+        want = searcher.search(req.with_text(text)).moments
         assert want
         _assert_same_moments(got[qid], want)
     with pytest.raises(ValueError, match="duplicate"):  # checked before any worker starts
-        ray_search_queries(index, [("a", "walk"), ("a", "run")], localizer=loc_run)
+        ray_search_queries(index, [("a", "walk"), ("a", "run")], req, localizer=loc_run)
 
 
 def test_eval_cmr_on_ray_equals_local(ray_cluster, pipeline, tmp_path):
@@ -184,9 +186,10 @@ def test_search_worker_errors_name_the_query_and_pickle(pipeline):
 
     _, index, loc_run = pipeline
     worker = SearchWorker(str(index), str(loc_run), "cpu")  # what each Ray actor holds
-    assert worker.search([("ok", "walk")], k=5, lam=5.0, limit=2)[0][0] == "ok"
-    with pytest.raises(RuntimeError, match="query 'empty': ValueError: empty query") as e:
-        worker.search([("ok", "walk"), ("empty", "  ")], k=5, lam=5.0, limit=2)
+    req = SearchRequest("any", k=5, lam=5.0, limit=2)
+    assert worker.search([("ok", "walk")], req)[0][0] == "ok"
+    with pytest.raises(RuntimeError, match="query 'empty': RequestError: query: empty query") as e:
+        worker.search([("ok", "walk"), ("empty", "  ")], req)
     assert str(pickle.loads(pickle.dumps(e.value))) == str(e.value)  # crosses Ray's process boundary
     with pytest.raises(RuntimeError, match="no-such-index"):
         SearchWorker(str(index.parent / "no-such-index"), str(loc_run), "cpu")

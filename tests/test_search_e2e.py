@@ -11,24 +11,25 @@ import pytest
 from typer.testing import CliRunner
 
 from engine.cli import app
+from engine.request import SearchRequest
 
 
 def test_moments_are_ranked_scored_and_inside_their_motion(searcher):
-    res = searcher.search("a person waves the right hand", k=8, lam=5.0, limit=15)
+    res = searcher.search(SearchRequest("a person waves the right hand", k=8, lam=5.0, limit=15, r_mode="motion"))
     assert res.k == 8 and 0 < len(res.moments) <= 15
     scores = [m.score for m in res.moments]
     assert scores == sorted(scores, reverse=True)
     for m in res.moments:
-        row = searcher.meta[m.motion_id]
-        assert 0.0 <= m.start_s < m.end_s <= row["duration_s"] + 1e-6
+        row = searcher.motions[m.motion_id]
+        assert 0.0 <= m.start_s < m.end_s <= row.duration_s + 1e-6
         assert 0.0 < m.p_se <= 1.0
         assert m.score == pytest.approx(m.p_se * math.exp(5.0 * m.r), rel=1e-6)
-        assert m.name == row["name"] and m.source == "synth"
+        assert m.name == row.name and m.source == "synth"
 
 
 def test_r_is_the_best_chunk_similarity_by_brute_force(searcher):
     text = "someone jumps"
-    res = searcher.search(text, k=12, limit=50, top_m=1)
+    res = searcher.search(SearchRequest(text, k=12, limit=50, top_m=1, r_mode="motion"))
     q = searcher.retrieval.encode_text([text])
     mids, r = searcher.index.motion_scores_exact(q)
     exact = dict(zip(mids.tolist(), r[0].tolist()))
@@ -39,8 +40,8 @@ def test_r_is_the_best_chunk_similarity_by_brute_force(searcher):
 @pytest.mark.parametrize("lam", [5.0, 10.0])
 def test_pruned_search_equals_localizing_all_k(searcher, lam):
     for text in ("kung fu pose", "a person walks forward"):
-        a = searcher.search(text, k=12, lam=lam, limit=5, prune=True)
-        b = searcher.search(text, k=12, lam=lam, limit=5, prune=False)
+        a = searcher.search(SearchRequest(text, k=12, lam=lam, limit=5, prune=True, r_mode="motion"))
+        b = searcher.search(SearchRequest(text, k=12, lam=lam, limit=5, prune=False, r_mode="motion"))
         assert [(m.motion_id, m.start_s, m.end_s) for m in a.moments] == \
             [(m.motion_id, m.start_s, m.end_s) for m in b.moments]
         assert b.localized == 12 and a.localized <= b.localized
@@ -53,19 +54,19 @@ def test_cached_motion_encoding_equals_encoding_on_the_fly(pipeline, searcher):
     fresh = Searcher(index, localizer=loc_run)
     fresh.use_cache = False
     assert searcher.use_cache
-    a = searcher.search("a person sits down", k=12, limit=10)
-    b = fresh.search("a person sits down", k=12, limit=10)
+    a = searcher.search(SearchRequest("a person sits down", k=12, limit=10, r_mode="motion"))
+    b = fresh.search(SearchRequest("a person sits down", k=12, limit=10, r_mode="motion"))
     assert [m.motion_id for m in a.moments] == [m.motion_id for m in b.moments]
     np.testing.assert_allclose([m.score for m in a.moments], [m.score for m in b.moments], rtol=1e-4)
 
 
 def test_filters(searcher):
-    res = searcher.search("a person kicks", k=12, limit=30, min_moment_s=2.0, max_moment_s=6.0)
+    res = searcher.search(SearchRequest("a person kicks", k=12, limit=30, min_moment_s=2.0, max_moment_s=6.0, r_mode="motion"))
     assert all(2.0 <= m.end_s - m.start_s <= 6.0 for m in res.moments)
-    long_ids = {mid for mid, row in searcher.meta.items() if row["duration_s"] >= 15.0}
-    res = searcher.search("a person kicks", k=3, limit=30, min_motion_s=15.0)
+    long_ids = {mid for mid, row in searcher.motions.items() if row.duration_s >= 15.0}
+    res = searcher.search(SearchRequest("a person kicks", k=3, limit=30, min_motion_s=15.0, r_mode="motion"))
     assert {m.motion_id for m in res.moments} <= long_ids
-    assert searcher.search("a person kicks", k=3, sources=["nope"]).moments == []
+    assert searcher.search(SearchRequest("a person kicks", k=3, sources=("nope",), r_mode="motion")).moments == []
 
 
 @pytest.mark.parametrize("lam", [5.0, 20.0])
@@ -77,8 +78,8 @@ def test_moment_r_against_brute_force_and_exhaustive(searcher, lam):
     mids, r_motion = searcher.index.motion_scores_exact(q[None])
     r_of = dict(zip(mids.tolist(), r_motion[0].tolist()))
     emb = searcher.index.embeddings()
-    res = searcher.search(text, k=10, lam=lam, limit=12, r_mode="moment")
-    full = searcher.search(text, k=10, lam=lam, limit=12, r_mode="moment", prune=False)
+    res = searcher.search(SearchRequest(text, k=10, lam=lam, limit=12, r_mode="moment"))
+    full = searcher.search(SearchRequest(text, k=10, lam=lam, limit=12, r_mode="moment", prune=False))
     assert [(m.motion_id, m.start_s, m.end_s) for m in res.moments] == \
         [(m.motion_id, m.start_s, m.end_s) for m in full.moments]
     for m in res.moments:
@@ -91,12 +92,12 @@ def test_moment_r_against_brute_force_and_exhaustive(searcher, lam):
         assert m.r == pytest.approx(best, abs=1e-5) and m.r <= r_of[m.motion_id] + 1e-6
         assert m.score == pytest.approx(m.p_se * math.exp(lam * m.r), rel=1e-6)
     with pytest.raises(ValueError, match="r_mode"):
-        searcher.search(text, r_mode="nope")
+        searcher.search(SearchRequest(text, r_mode="nope"))
 
 
 def test_labels_come_from_overlapping_annotations(searcher):
-    res = searcher.search("a person claps", k=12, limit=10)
-    texts = {a.text for mid in searcher.meta for a in searcher.store.annotations(mid)}
+    res = searcher.search(SearchRequest("a person claps", k=12, limit=10, r_mode="motion"))
+    texts = {a.text for mid in searcher.motions for a in searcher.store.annotations(mid)}
     assert any(m.label for m in res.moments)
     assert all(m.label is None or m.label in texts for m in res.moments)
 
@@ -164,7 +165,7 @@ def test_sliding_window_cmr_baseline_against_brute_force(pipeline, searcher):
     from engine.evaluate import WindowBank, sliding_window_cmr_rows
 
     idx, model, store = searcher.index, searcher.retrieval, searcher.store
-    bank = WindowBank(idx, model, store, searcher.meta, sizes_s=(2.0, 4.0))
+    bank = WindowBank(idx, model, store, searcher.motions, sizes_s=(2.0, 4.0))
     text = "a person waves the right hand"
     rows = sliding_window_cmr_rows(bank, idx, model, {"q": text}, k=5, limit=5)
     q = model.encode_text([text])[0]
@@ -175,7 +176,7 @@ def test_sliding_window_cmr_baseline_against_brute_force(pipeline, searcher):
     assert [row.score for row in rows] == sorted((row.score for row in rows), reverse=True)
     for row in rows:
         feats = np.asarray(store.features(row.motion_id))
-        fps = searcher.meta[row.motion_id]["fps"]
+        fps = searcher.motions[row.motion_id].fps
         n = len(feats)
         spans = [(c.start_s, c.end_s) for c in idx.table.chunks(idx.embeddings().chunk_ids[
             idx.embeddings().motion_ids == row.motion_id])]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from engine.search import rank_moments, validate_query
+from engine.search import SpanHit, rank_moments, validate_query
 
 
 def _setup(seed: int, k: int = 200, top_m: int = 3):
@@ -18,7 +18,7 @@ def _setup(seed: int, k: int = 200, top_m: int = 3):
     for mid in ids:
         starts = rng.uniform(0, 50, size=top_m)
         p = np.sort(rng.beta(0.5, 2.0, size=top_m))[::-1]
-        spans[int(mid)] = [(float(s), float(s + rng.uniform(0.5, 8)), float(pp)) for s, pp in zip(starts, p)]
+        spans[int(mid)] = [SpanHit(float(s), float(s + rng.uniform(0.5, 8)), float(pp)) for s, pp in zip(starts, p)]
     calls = []
 
     def localize(batch):
@@ -37,7 +37,7 @@ def test_pruned_equals_exhaustive(seed, lam, limit):
     pruned, st = rank_moments(ids, r, localize, lam, limit, batch_size=16, prune=True)
     assert [(c.motion_id, c.start_s, c.end_s) for c in pruned] == [(c.motion_id, c.start_s, c.end_s) for c in full]
     # Brute force over every candidate, independent of rank_moments.
-    every = [(p * math.exp(lam * rr), mid, s) for mid, rr in zip(ids, r) for s, e, p in spans[int(mid)]]
+    every = [(h.p_se * math.exp(lam * rr), mid, h.start_s) for mid, rr in zip(ids, r) for h in spans[int(mid)]]
     every.sort(key=lambda x: -x[0])
     assert [round(c.score, 12) for c in full] == [round(x[0], 12) for x in every[:limit]]
     assert st.localized <= st_full.localized

@@ -15,6 +15,7 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from engine.request import SearchRequest  # noqa: E402
 from engine.serve import create_app  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def test_search_equals_the_searcher(client, searcher, q, k, lam, limit, r_mode):
     r = client.get("/search", params=params)
     assert r.status_code == 200, r.text
     body = r.json()
-    want = searcher.search(q, k=k, lam=lam, limit=limit, r_mode=r_mode or "moment")  # the API's default
+    want = searcher.search(SearchRequest(q, k=k, lam=lam, limit=limit, r_mode=r_mode or "moment"))  # the API's default
     assert body["query"] == want.query and body["k"] == want.k and body["lam"] == lam and body["r"] == (r_mode or "moment")
     assert len(body["moments"]) == len(want.moments) > 0
     for i, (got, m) in enumerate(zip(body["moments"], want.moments), 1):
@@ -45,14 +46,14 @@ def test_search_equals_the_searcher(client, searcher, q, k, lam, limit, r_mode):
         assert got["score"] == pytest.approx(m.score, rel=1e-12)
         assert got["p_se"] == pytest.approx(m.p_se, rel=1e-12) and got["r"] == pytest.approx(m.r, rel=1e-12)
         assert got["label"] == m.label and got["name"] == m.name and got["source"] == m.source
-        assert got["duration_s"] == pytest.approx(searcher.meta[m.motion_id]["duration_s"])
+        assert got["duration_s"] == pytest.approx(searcher.motions[m.motion_id].duration_s)
     assert set(body["timings_s"]) >= {"embed_text", "retrieve", "localize"}
 
 
 def test_search_defaults_and_k_larger_than_the_corpus(client, searcher):
     r = client.get("/search", params={"q": "kung fu pose", "k": 10000})
     assert r.status_code == 200, r.text
-    assert r.json()["k"] <= len(searcher.meta)
+    assert r.json()["k"] <= len(searcher.motions)
     assert 0 < len(r.json()["moments"]) <= 10  # default limit
 
 
@@ -89,12 +90,12 @@ def test_query_of_512_chars_is_accepted(client):
 
 
 def test_motion_metadata_annotations_and_preview_joints(client, searcher):
-    mid = next(iter(searcher.meta))
+    mid = next(iter(searcher.motions))
     r = client.get(f"/motions/{mid}")
     assert r.status_code == 200
     body = r.json()
-    row = searcher.meta[mid]
-    assert body["name"] == row["name"] and body["duration_s"] == pytest.approx(row["duration_s"])
+    row = searcher.motions[mid]
+    assert body["name"] == row.name and body["duration_s"] == pytest.approx(row.duration_s)
     assert body["joints"] is None
     anns = searcher.store.annotations(mid)
     assert [(a["text"], a["start_s"], a["end_s"]) for a in body["annotations"]] == \
@@ -104,7 +105,7 @@ def test_motion_metadata_annotations_and_preview_joints(client, searcher):
     j = r.json()["joints"]
     assert j["fps"] <= 20.0 and j["n_joints"] == 22 and len(j["parents"]) == 22
     full = searcher.store.joints(mid)  # (F, 22, 3)
-    step = int(np.ceil(row["fps"] / 20.0 - 1e-9))
+    step = int(np.ceil(row.fps / 20.0 - 1e-9))
     data = np.asarray(j["data"]).reshape(j["n_frames"], 22, 3)
     np.testing.assert_allclose(data, full[::step], atol=6e-4)
 
@@ -130,8 +131,8 @@ def _clip(client, mid, start_s, end_s, fmt):
 def test_clip_downloads(client, searcher, tmp_path):
     from engine.corpus.bvh import read_bvh
 
-    mid = next(iter(searcher.meta))
-    fps = searcher.meta[mid]["fps"]
+    mid = next(iter(searcher.motions))
+    fps = searcher.motions[mid].fps
     f0, f1 = 20, 50
     start_s, end_s = f0 / fps, f1 / fps
     want = searcher.store.joints(mid)[f0:f1]  # (30, 22, 3)
@@ -161,7 +162,7 @@ def test_clip_downloads(client, searcher, tmp_path):
     {"start_s": "abc", "end_s": 1.0, "format": "bvh"},
 ])
 def test_bad_clips_are_4xx_with_a_message(client, searcher, params):
-    mid = next(iter(searcher.meta))
+    mid = next(iter(searcher.motions))
     r = client.get(f"/motions/{mid}/clip", params=params)
     assert 400 <= r.status_code < 500, (params, r.status_code, r.text)
     assert isinstance(r.json()["detail"], str) and r.json()["detail"]
@@ -171,7 +172,7 @@ def test_health_and_openapi(client, searcher):
     h = client.get("/health").json()
     man = searcher.index.manifest
     assert h == {"status": "ok", "index_version": man.version, "motions": man.n_motions, "chunks": man.n_chunks,
-                 "corpus_motions": len(searcher.meta)}
+                 "corpus_motions": len(searcher.motions)}
     schema = client.get("/openapi.json").json()
     assert {"/search", "/motions/{motion_id}", "/motions/{motion_id}/clip", "/health"} <= set(schema["paths"])
     assert client.get("/docs").status_code == 200
@@ -206,7 +207,7 @@ def test_searcher_loaded_once_and_unexpected_errors_are_json_500(searcher):
     calls = []
 
     class Broken:
-        meta = searcher.meta
+        motions = searcher.motions
         store = searcher.store
         index = searcher.index
 

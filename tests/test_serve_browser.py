@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from engine.request import SearchRequest
+
 CHROMIUM = os.environ.get("ENGINE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -97,7 +99,7 @@ def test_search_page_previews_and_bvh_download(browser, server_url, searcher, tm
     page.wait_for_selector("#results li.moment", timeout=15_000)
 
     rows = page.locator("#results li.moment")
-    want = searcher.search("kung fu pose", k=8, limit=5, r_mode="moment").moments
+    want = searcher.search(SearchRequest("kung fu pose", k=8, limit=5, r_mode="moment")).moments
     assert rows.count() == len(want) > 0
     scores = [float(s) for s in rows.locator(".score").all_inner_texts()]
     assert scores == pytest.approx([m.score for m in want], abs=1e-3)
@@ -124,7 +126,7 @@ def test_search_page_previews_and_bvh_download(browser, server_url, searcher, tm
     assert text.startswith("HIERARCHY")
     bvh = read_bvh(path)
     m = want[0]
-    fps = searcher.meta[m.motion_id]["fps"]
+    fps = searcher.motions[m.motion_id].fps
     assert abs(bvh.n_frames - (m.end_s - m.start_s) * fps) <= 2
 
     # A request the API refuses shows its message (the form's own min/max checks would block k=0).

@@ -48,7 +48,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from engine.corpus.io import fsync_dir
 from engine.corpus.skeleton import FEATURE_DIM, N_JOINTS
-from engine.corpus.types import Annotation, CorpusError, Motion
+from engine.corpus.types import Annotation, CorpusError, Motion, MotionInfo
 
 log = logging.getLogger(__name__)
 
@@ -430,13 +430,15 @@ class CorpusStore:
                              .order_by(AnnotationRow.start_s)).scalars().all()
             return [_ann(a) for a in rows]
 
-    def motion_table(self) -> list[dict[str, Any]]:
-        """Light metadata of every motion (no arrays): motion_id, name, source, fps, duration_s, split."""
+    def motion_table(self) -> list[MotionInfo]:
+        """Light metadata of every motion (no arrays), by motion id."""
         with Session(self.engine) as s:
             rows = s.execute(select(MotionRow.motion_id, MotionRow.name, MotionRow.source, MotionRow.fps,
                                     MotionRow.n_frames, MotionRow.duration_s, MotionRow.split, MotionRow.path)
                              .order_by(MotionRow.motion_id)).all()
-        return [r._asdict() for r in rows]
+        return [MotionInfo(motion_id=int(r.motion_id), name=r.name, source=r.source, fps=float(r.fps),
+                           n_frames=int(r.n_frames), duration_s=float(r.duration_s), split=r.split,
+                           path=r.path or "") for r in rows]
 
     def stats(self) -> CorpusStats:
         with Session(self.engine) as s:

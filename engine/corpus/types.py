@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: importing the types must not import numpy (`engine --help`)
+    import numpy as np
 
 
 @dataclass
@@ -67,19 +68,46 @@ class Chunk:
     end_s: float
 
 
-@dataclass
-class Moment:
-    """A search result: a span of one motion with its scores."""
+@dataclass(frozen=True)
+class MotionInfo:
+    """A motion's light metadata (no arrays): what every front end, index and evaluation reads of a motion."""
 
     motion_id: int
+    name: str
     source: str
+    fps: float
+    n_frames: int
+    duration_s: float
+    split: str | None = None
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A search result: a span of one motion with its scores, and what every front end prints of it.
+
+    `rank` is 1-based in the result list (0 before ranking); `name`, `path` and `duration_s` are the
+    motion's; `label` is the corpus annotation that best overlaps the span, when there is one."""
+
+    motion_id: int
     start_s: float
     end_s: float
     score: float
     p_se: float
     r: float
-    label: str | None = None
+    rank: int = 0
+    source: str = ""
     name: str = ""
+    path: str = ""
+    duration_s: float = 0.0
+    label: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form the CLI (`--json`) and the HTTP API share."""
+        return {"rank": self.rank, "motion_id": self.motion_id, "name": self.name, "source": self.source,
+                "path": self.path, "start_s": self.start_s, "end_s": self.end_s,
+                "score": self.score, "p_se": self.p_se, "r": self.r, "label": self.label,
+                "duration_s": self.duration_s}
 
 
 class EngineError(ValueError):

@@ -15,6 +15,7 @@ Starlette's thread pool. Bad input is a 4xx with a message
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -30,12 +31,14 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
+from engine.corpus.types import MotionInfo, RequestError
+from engine.request import MAX_K, MAX_LAM, MAX_LIMIT, MAX_QUERY_CHARS, SearchRequest
+
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-MAX_K = 10_000
-MAX_LIMIT = 1_000
-MAX_LAM = 100.0
+DEFAULTS = SearchRequest("defaults")
+HTTP_PARAM = {"query": "q", "r_mode": "r"}  # SearchRequest field -> query parameter, in error messages
 PREVIEW_FPS = 20.0
 JOINT_DECIMALS = 3  # millimetres
 
@@ -46,6 +49,7 @@ class MomentOut(BaseModel):
     motion_id: int
     name: str
     source: str
+    path: str
     start_s: float
     end_s: float
     score: float
@@ -196,40 +200,33 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}: {exc}"})
 
-    def _motion_row(s, motion_id: int) -> dict[str, Any]:
-        row = s.meta.get(motion_id)
+    def _motion_row(s, motion_id: int) -> MotionInfo:
+        row = s.motions.get(motion_id)
         if row is None:
             raise HTTPException(404, f"no motion with id {motion_id} in this index's corpus "
-                                     f"({len(s.meta)} motions)")
+                                     f"({len(s.motions)} motions)")
         return row
 
     # ------------------------------------------------------------------ API
     @app.get("/search", response_model=SearchOut, responses=ERRORS, tags=["search"])
     def search(
-        q: str = Query(..., min_length=1, max_length=512, description='What to find, e.g. "kung fu pose".'),
-        k: int = Query(200, ge=1, le=MAX_K, description="Motions retrieved before localization."),
-        lam: float = Query(5.0, ge=0.0, le=MAX_LAM, allow_inf_nan=False, description="Score = p_se * exp(lam * r)."),
-        limit: int = Query(10, ge=1, le=MAX_LIMIT, description="Moments to return."),
-        r: Literal["moment", "motion"] = Query("moment", description="r in the score: moment (the best chunk "
-                                               "covering the moment) or motion (the paper: the motion's best chunk)."),
+        q: str = Query(..., description=f'What to find, e.g. "kung fu pose" (1-{MAX_QUERY_CHARS} characters).'),
+        k: int = Query(DEFAULTS.k, description=f"Motions retrieved before localization (1-{MAX_K}; capped at "
+                       "the corpus size)."),
+        lam: float = Query(DEFAULTS.lam, description=f"Score = p_se * exp(lam * r) (0-{MAX_LAM:g})."),
+        limit: int = Query(DEFAULTS.limit, description=f"Moments to return (1-{MAX_LIMIT})."),
+        r: Literal["moment", "motion"] = Query(DEFAULTS.r_mode, description="r in the score: moment (the best "
+                                               "chunk covering the moment) or motion (the paper: the motion's best chunk)."),
     ) -> SearchOut:
         """Ranked moments for a sentence (retrieve top-k motions, localize, score, rank)."""
-        from engine.search import validate_query
-
         try:
-            text = validate_query(q)
-        except ValueError as e:
-            raise HTTPException(422, f"q: {e}") from None
+            req = SearchRequest(q, k=k, lam=lam, limit=limit, r_mode=r)
+        except RequestError as e:
+            raise HTTPException(422, f"{HTTP_PARAM.get(e.where, e.where)}: {e.problem}") from None
         s = holder.get()
         with holder.lock:
-            k_eff = min(k, max(1, len(s.meta)))
-            res = s.search(text, k=k_eff, lam=lam, limit=limit, r_mode=r)
-            moments = [MomentOut(rank=i, motion_id=m.motion_id, name=m.name, source=m.source, start_s=m.start_s,
-                                 end_s=m.end_s, score=m.score, p_se=m.p_se, r=m.r, label=m.label,
-                                 duration_s=float(s.meta[m.motion_id]["duration_s"]))
-                       for i, m in enumerate(res.moments, 1)]
-        return SearchOut(query=res.query, k=res.k, lam=res.lam, r=r, limit=limit, localized=res.localized,
-                         moments=moments, timings_s={kk: round(v, 6) for kk, v in res.timings_s.items()})
+            res = s.search(req)
+        return SearchOut(**res.to_dict())
 
     @app.get("/motions/{motion_id}", response_model=MotionOut, responses=ERRORS, tags=["motions"])
     def motion(
@@ -243,11 +240,9 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
             anns = [AnnotationOut(text=a.text, start_s=a.start_s, end_s=a.end_s, seg_id=a.seg_id)
                     for a in s.store.annotations(motion_id)]
             arr = s.store.joints(motion_id) if joints else None
-        out = MotionOut(motion_id=motion_id, name=row["name"], source=row["source"], fps=float(row["fps"]),
-                        n_frames=int(row["n_frames"]), duration_s=float(row["duration_s"]), split=row.get("split"),
-                        path=row.get("path") or "", annotations=anns)
+        out = MotionOut(**dataclasses.asdict(row), annotations=anns)
         if arr is not None:
-            out.joints = _preview_joints(arr, float(row["fps"]))
+            out.joints = _preview_joints(arr, row.fps)
         return out
 
     @app.get("/motions/{motion_id}/clip", responses={**ERRORS, 200: {
@@ -279,7 +274,7 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
         s = holder.get()
         man = s.index.manifest
         return HealthOut(status="ok", index_version=str(man.version), motions=int(man.n_motions),
-                         chunks=int(man.n_chunks), corpus_motions=len(s.meta))
+                         chunks=int(man.n_chunks), corpus_motions=len(s.motions))
 
     # ------------------------------------------------------------------ page
     @app.get("/", include_in_schema=False)

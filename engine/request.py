@@ -1,0 +1,145 @@
+"""One search request: the defaults, the limits and the validation every front end shares.
+
+The CLI (`engine search`), the HTTP API (`/search`), run-file metadata, the Ray pool, evaluation and the
+benches all build a `SearchRequest`; `Searcher.search(request)` takes nothing else. A bad field raises
+`RequestError(field, problem)`: the CLI prints it as `--field`, the API as a 422 naming the parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from engine.corpus.types import RequestError
+
+MAX_QUERY_CHARS = 512
+MAX_K = 10_000
+MAX_LIMIT = 1_000
+MAX_LAM = 100.0
+MAX_TOP_M = 100
+R_MODES = ("moment", "motion")
+
+
+def validate_query(text: str | None) -> str:
+    """The query stripped of surrounding space, or a RequestError("query", ...) saying what is wrong."""
+    if text is None or not str(text).strip():
+        raise RequestError("query", "empty query: type what the motion should show, e.g. \"kung fu pose\"")
+    if len(text) > MAX_QUERY_CHARS:
+        raise RequestError("query", f"query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}")
+    return str(text).strip()
+
+
+def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(name, f"must be an integer (got {value!r})")
+    if value <= 0 and lo >= 1:
+        raise RequestError(name, f"must be positive (got {value})")
+    if not lo <= value <= hi:
+        raise RequestError(name, f"must be in {lo}..{hi} (got {value})")
+    return value
+
+
+def _float_in(name: str, value: Any, lo: float, hi: float | None) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(name, f"must be a number (got {value!r})") from None
+    if not math.isfinite(x):
+        raise RequestError(name, f"must be a finite number (got {value})")
+    if x < lo or (hi is not None and x > hi):
+        raise RequestError(name, f"must be in {lo:g}..{hi:g} (got {value})" if hi is not None
+                           else f"must be at least {lo:g} (got {value})")
+    return x
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """What to find and how. Score = p_se * exp(lam * r); see `engine.search`.
+
+    - `k`: motions retrieved by chunk similarity before localization (capped at the corpus size);
+    - `limit`: moments returned; `top_m`: candidate moments per motion (temporal NMS at `nms_iou`);
+    - `r_mode`: "moment" (the best chunk covering the moment; the default) or "motion" (the paper: the
+      motion's best chunk);
+    - `prune`: exact top-n pruning (the result equals the exhaustive one); `use_cache`: reuse encoded
+      motions across requests;
+    - filters: `sources`, motion length (`min_motion_s`, `max_motion_s`), moment length
+      (`min_moment_s`, `max_moment_s`).
+    """
+
+    text: str
+    k: int = 200
+    lam: float = 5.0
+    limit: int = 10
+    top_m: int = 3
+    nms_iou: float = 0.5
+    r_mode: str = "moment"
+    prune: bool = True
+    batch_size: int = 32
+    sources: tuple[str, ...] = ()
+    min_motion_s: float | None = None
+    max_motion_s: float | None = None
+    min_moment_s: float | None = None
+    max_moment_s: float | None = None
+    use_cache: bool = True
+    # Free-form tag carried into run files (e.g. the query id of a batch); not used by the search.
+    tags: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise in place once
+        set_(self, "text", validate_query(self.text))
+        _int_in("k", self.k, 1, MAX_K)
+        set_(self, "lam", _float_in("lam", self.lam, 0.0, MAX_LAM))
+        _int_in("limit", self.limit, 1, MAX_LIMIT)
+        _int_in("top_m", self.top_m, 1, MAX_TOP_M)
+        set_(self, "nms_iou", _float_in("nms_iou", self.nms_iou, 0.0, 1.0))
+        _int_in("batch_size", self.batch_size, 1, 4096)
+        if self.r_mode not in R_MODES:
+            raise RequestError("r_mode", f"must be one of {', '.join(R_MODES)} (got {self.r_mode!r})")
+        if isinstance(self.sources, str):
+            set_(self, "sources", (self.sources,))
+        set_(self, "sources", tuple(str(s) for s in (self.sources or ())))
+        for lo_name, hi_name in (("min_motion_s", "max_motion_s"), ("min_moment_s", "max_moment_s")):
+            lo, hi = getattr(self, lo_name), getattr(self, hi_name)
+            if lo is not None:
+                set_(self, lo_name, lo := _float_in(lo_name, lo, 0.0, None))
+            if hi is not None:
+                set_(self, hi_name, hi := _float_in(hi_name, hi, 0.0, None))
+            if lo is not None and hi is not None and lo > hi:
+                raise RequestError(lo_name, f"{lo:g} is above {hi_name} {hi:g}")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def filters_motions(self) -> bool:
+        return bool(self.sources) or self.min_motion_s is not None or self.max_motion_s is not None
+
+    @property
+    def filters_moments(self) -> bool:
+        return self.min_moment_s is not None or self.max_moment_s is not None
+
+    def keeps_moment(self, start_s: float, end_s: float) -> bool:
+        d = end_s - start_s
+        return ((self.min_moment_s is None or d >= self.min_moment_s)
+                and (self.max_moment_s is None or d <= self.max_moment_s))
+
+    def keeps_motion(self, source: str, duration_s: float) -> bool:
+        return ((not self.sources or source in self.sources)
+                and (self.min_motion_s is None or duration_s >= self.min_motion_s)
+                and (self.max_motion_s is None or duration_s <= self.max_motion_s))
+
+    def with_text(self, text: str) -> SearchRequest:
+        """The same request for another query (a batch shares everything but the text)."""
+        return replace(self, text=text)
+
+    def settings(self) -> dict[str, Any]:
+        """Everything but the text and tags: what a run file records of the request."""
+        d = asdict(self)
+        for key in ("text", "tags"):
+            d.pop(key)
+        d["sources"] = list(self.sources)
+        return d
+
+    @classmethod
+    def field_names(cls) -> Sequence[str]:
+        return [f.name for f in fields(cls)]
