@@ -29,6 +29,10 @@ class _EngineGroup(TyperGroup):
         except EngineError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+        except OSError as e:  # disk full, permission denied, read-only file system: the file and the reason
+            where = f"{e.filename}: " if e.filename is not None else ""
+            typer.echo(f"error: {where}{e.strerror or e}", err=True)
+            raise typer.Exit(2) from None
 
 
 app = typer.Typer(help="Search engine for human motion: find the moments a sentence describes.",
@@ -579,7 +583,8 @@ def eval_run_cmd(
 @eval_app.command("report")
 def eval_report_cmd(
     metrics: list[Path] = typer.Argument(..., help="metrics.json files"),
-    out: Path | None = typer.Option(None, "--out"),
+    out: Path | None = typer.Option(None, "--out", help="Also write the tables to this markdown file."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (a regular file only)."),
 ) -> None:
     """Markdown tables (paper layout) from metrics JSON files."""
     from eval.report import markdown_report, read_metrics_json
@@ -591,7 +596,9 @@ def eval_report_cmd(
         results.extend(read_metrics_json(p))
     md = markdown_report(results)
     if out:
-        out.write_text(md)
+        from engine.corpus.io import atomic_write_text, check_output_target
+
+        atomic_write_text(check_output_target(out, force), md)
     typer.echo(md)
 
 
@@ -604,21 +611,33 @@ def serve_cmd(
     localizer: Path | None = typer.Option(None, "--localizer", help="Localizer run dir (default: shipped model)."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    token: str | None = typer.Option(None, "--token", envvar="ENGINE_TOKEN",
+                                     help="Require this token on every request (needed beyond loopback)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without a token."),
+    header_timeout_s: float = typer.Option(10.0, "--header-timeout-s", help="Close connections whose request "
+                                           "headers take longer."),
 ) -> None:
     """Serve the HTTP API (/search, /motions, /docs) and the web page with skeleton previews."""
     from engine.serve import is_loopback, load_searcher, run_server
 
     if not 0 < port < 65536:
         fail(f"--port must be in 1..65535 (got {port})")
+    if token is not None and len(token) < 16:
+        fail("--token must be at least 16 characters (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe())'`)")
+    if not is_loopback(host) and token is None and not insecure:
+        fail(f"--host {host} is reachable from other machines: pass --token (or set ENGINE_TOKEN), or --insecure "
+             "to serve without authentication")
+    if not 0 < header_timeout_s <= 600:
+        fail(f"--header-timeout-s must be in (0, 600] (got {header_timeout_s})")
     try:
         searcher = load_searcher(index, localizer=localizer, device=device, notify=lambda m: typer.echo(m, err=True),
                                  warmup=True)
     except EngineError as e:
         fail(str(e))
-    if not is_loopback(host):
-        typer.echo(f"warning: binding {host}: the API has no authentication", err=True)
-    typer.echo(f"serving on http://{host}:{port}/  (API docs: /docs)", err=True)
-    run_server(searcher, host=host, port=port, log_level=log_level)
+    if not is_loopback(host) and token is None:
+        typer.echo(f"warning: binding {host}: the API has no authentication (--insecure)", err=True)
+    typer.echo(f"serving on http://{host}:{port}/{'?token=…' if token else ''}  (API docs: /docs)", err=True)
+    run_server(searcher, host=host, port=port, log_level=log_level, token=token, header_timeout_s=header_timeout_s)
 
 
 # ---------------------------------------------------------------------------------------------- export / render
@@ -653,13 +672,15 @@ def export_cmd(
     fmt: str | None = typer.Option(None, "--format", help="bvh | npy | json (default: --out's suffix, else bvh)."),
     corpus: Path | None = CLIP_CORPUS_OPTION,
     index: Path | None = CLIP_INDEX_OPTION,
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (a regular file only)."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
     """Write a span of a motion: BVH (SMPL 22 joints, cm), .npy ((F, 22, 3) float32, m) or JSON."""
+    from engine.corpus.io import atomic_write_bytes, check_output_target
     from engine.export import FORMATS, ClipError, clip_joints, resolve_motion_id, serialize_clip
-    from indexer.manifest import atomic_write_bytes
 
     fmt = fmt or (out.suffix.lower().lstrip(".") if out.suffix.lower().lstrip(".") in FORMATS else "bvh")
+    check_output_target(out, force)
     store = _clip_store(corpus, index)
     try:
         clip = clip_joints(store, resolve_motion_id(store, motion), start, end)
@@ -687,12 +708,15 @@ def render_cmd(
     context_s: float = typer.Option(1.0, "--context-s", help="Seconds shown before and after the highlight."),
     corpus: Path | None = CLIP_CORPUS_OPTION,
     index: Path | None = CLIP_INDEX_OPTION,
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (a regular file only)."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
     """Preview a span of a motion as a stick-figure animation (highlighted span in orange)."""
+    from engine.corpus.io import check_output_target
     from engine.export import ClipError, resolve_motion_id
     from engine.render import RenderError, render_motion
 
+    check_output_target(out, force)
     store = _clip_store(corpus, index)
     try:
         res = render_motion(store, resolve_motion_id(store, motion), out, start, end, context_s=context_s)
@@ -750,6 +774,7 @@ def search_cmd(
     localizer: Path | None = typer.Option(None, "--localizer", help="Localizer run dir (default: the index's)."),
     queries: Path | None = typer.Option(None, "--queries", help="Batch: a file with one query per line (or JSONL)."),
     run_out: Path | None = typer.Option(None, "--run-out", help="Also write the results as a run file (.jsonl/.tsv)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --run-out if it exists (a regular file only)."),
     source: list[str] | None = typer.Option(None, "--source", help="Only motions of this source (repeatable)."),
     min_motion_s: float | None = typer.Option(None, help="Only motions at least this long."),
     max_motion_s: float | None = typer.Option(None, help="Only motions at most this long."),
@@ -779,6 +804,10 @@ def search_cmd(
         except RequestError as e:
             fail(f"query {qid}: {_request_error(e)}" if queries is not None and e.where == "query"
                  else _request_error(e))
+    if run_out is not None:
+        from engine.corpus.io import check_output_target
+
+        check_output_target(run_out, force, flag="--run-out")
     if index is not None and not index.exists():
         fail(f"{index}: no such index; build one with `engine index build --corpus CORPUS_DIR --out {index} "
              "--model RUN_DIR`")

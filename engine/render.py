@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from engine.corpus.io import atomic_writer
 from engine.corpus.skeleton import JOINT_NAMES, N_JOINTS, PARENTS
 
 log = logging.getLogger(__name__)
@@ -216,10 +216,9 @@ def render_clip(joints: np.ndarray, fps: float, out_path: str | os.PathLike,
     else:
         writer = _gif_writer(animation, out_fps)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
     head_idx = JOINT_NAMES.index("head")
     try:
-        with matplotlib.rc_context({"animation.ffmpeg_path": ffmpeg} if ffmpeg else {}):
+        with atomic_writer(out) as tmp, matplotlib.rc_context({"animation.ffmpeg_path": ffmpeg} if ffmpeg else {}):
             with writer.saving(fig, str(tmp), dpi=config.dpi):
                 for k in range(len(frames)):
                     on = bool(lit[k])
@@ -231,11 +230,8 @@ def render_clip(joints: np.ndarray, fps: float, out_path: str | os.PathLike,
                     time_text.set_text(f"t = {times[k]:6.2f} s")
                     cursor.set_xdata([times[k], times[k]])
                     writer.grab_frame()
-        os.replace(tmp, out)
     except FileNotFoundError as e:  # ffmpeg binary vanished between the check and the run
         raise RenderError(f"{out}: cannot run ffmpeg ({e}); write a .gif instead") from e
-    finally:
-        tmp.unlink(missing_ok=True)
     log.debug("%s: %d frames at %.2f fps", out, len(frames), out_fps)
     return RenderResult(path=out, n_frames=len(frames), fps=out_fps, start_s=float(times[0]),
                         end_s=float(times[-1] + 1.0 / out_fps), frame_times_s=tuple(float(t) for t in times),

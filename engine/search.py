@@ -156,11 +156,13 @@ class Searcher:
 
     def __init__(self, index_dir: str | Path, localizer: str | Path | None = None, corpus: str | Path | None = None,
                  device: str = "cpu", bf16: bool = False, use_motion_cache: bool = True):
+        from engine.corpus.device import resolve_device
         from engine.corpus.store import CorpusStore
         from engine.home import default_localizer_path
         from indexer.build import open_index
         from localizer.infer import Localizer
 
+        device = resolve_device(device)
         self.index_dir = Path(index_dir)
         self.index = open_index(self.index_dir, device=device)  # checksums verified before FAISS reads
         man = self.index.manifest
@@ -312,8 +314,10 @@ def load_searcher(index: str | Path | None = None, localizer: str | Path | None 
     The one loader of the CLI and the server. Errors are `IndexFileError`s that say how to fix them.
     `warmup` runs one small query so that the first real request does not pay for lazy initialisation.
     """
+    from engine.corpus.device import resolve_device
     from engine.corpus.types import EngineError
 
+    device = resolve_device(device)  # before building anything: a bad --device is one line
     if index is None:
         from engine.home import default_index_dir, ensure_default_index
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.corpus.io import atomic_write_text
 from engine.corpus.types import CorpusError
 from eval.metrics import LocalizationScores
 from eval.protocols import CmrResult, TslmResult
@@ -181,10 +182,8 @@ def write_metrics_json(path: str | os.PathLike, results: Sequence[TslmResult | C
     """Write results (and free-form meta: run files, data, encoder) as JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics_dict(results, meta), indent=2, ensure_ascii=False, allow_nan=False) + "\n",
-                   encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(metrics_dict(results, meta), indent=2, ensure_ascii=False,
+                                       allow_nan=False) + "\n")
     return path
 
 

@@ -26,6 +26,9 @@ fi
 
 python3 -m pip install -q -e ".[dev]"
 
+# Lint first (pyproject's ruff config): a style error fails the run like a test does.
+python3 -m ruff check .
+
 # A throwaway PostgreSQL cluster on a free port, removed on exit.
 initdb=$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1 || true)
 if [ -n "$initdb" ] && [ -z "${ENGINE_TEST_PG_URL:-}" ]; then

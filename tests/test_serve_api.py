@@ -203,7 +203,7 @@ def test_concurrent_requests_equal_sequential(client):
         assert got == sequential[q]
 
 
-def test_searcher_loaded_once_and_unexpected_errors_are_json_500(searcher):
+def test_searcher_loaded_once_and_unexpected_errors_are_json_500(searcher, caplog):
     calls = []
 
     class Broken:
@@ -221,9 +221,13 @@ def test_searcher_loaded_once_and_unexpected_errors_are_json_500(searcher):
     app = create_app(searcher_factory=factory)
     with TestClient(app, raise_server_exceptions=False) as c:
         assert c.get("/health").status_code == 200
-        r = c.get("/search", params={"q": "walk"})
+        with caplog.at_level("ERROR", logger="engine.serve.app"):
+            r = c.get("/search", params={"q": "walk"})
         assert r.status_code == 500
-        assert "RuntimeError: boom" in r.json()["detail"]
+        rid = r.headers["x-request-id"]
+        # The client gets an id to quote, never paths, SQL or the exception; the log has the detail.
+        assert rid in r.json()["detail"] and "boom" not in r.text
+        assert any(rid in rec.getMessage() and "boom" in (rec.exc_text or str(rec.exc_info)) for rec in caplog.records)
         assert c.get("/health").status_code == 200
     assert len(calls) == 1
 

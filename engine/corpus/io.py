@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,9 +38,10 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 def temp_path(path: str | os.PathLike) -> Path:
-    """A hidden temporary name beside `path`, unique to this process."""
+    """A hidden temporary name beside `path`, unique to this process and thread; it keeps the suffix, for
+    writers that pick a format by it (e.g. `.clip.gif.123-456.tmp.gif`)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp{path.suffix}")
 
 
 @contextlib.contextmanager
@@ -72,14 +74,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def check_output_target(path: str | os.PathLike, force: bool = False, flag: str = "--out") -> Path:
     """The path a command may write a user-named output to, or an EngineError naming it.
 
-    Allowed: a path that does not exist (its directory must), or an existing regular file when `force`.
+    Allowed: a path that does not exist, or an existing regular file when `force`.
     Refused: symlinks, FIFOs, devices, sockets, directories (an atomic rename would replace them)."""
     p = Path(path)
     try:
         st = os.lstat(p)
     except FileNotFoundError:
-        if not p.parent.exists():
-            raise EngineError(str(p), f"{flag}: the directory {p.parent} does not exist") from None
         return p
     if stat.S_ISLNK(st.st_mode):
         raise EngineError(str(p), f"{flag} is a symbolic link; refusing to replace it (name the real file)")

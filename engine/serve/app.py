@@ -16,10 +16,12 @@ Starlette's thread pool. Bad input is a 4xx with a message
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import logging
 import math
 import re
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULTS = SearchRequest("defaults")
+MAX_URL_CHARS = 8192  # 414 beyond (a query is at most 512 characters)
+MAX_BODY_BYTES = 1 << 20  # 413 beyond
+TOKEN_COOKIE = "engine_token"
 HTTP_PARAM = {"query": "q", "r_mode": "r"}  # SearchRequest field -> query parameter, in error messages
 PREVIEW_FPS = 20.0
 JOINT_DECIMALS = 3  # millimetres
@@ -145,6 +150,12 @@ def _first_error(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _bearer(header: str | None) -> str | None:
+    if header and header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return None
+
+
 def _safe_filename(name: str) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "clip"
     return name[:150]
@@ -158,10 +169,12 @@ def _finite(name: str, value: float | None) -> None:
 # ---------------------------------------------------------------------------------------------- app
 def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
                index_dir: str | Path | None = None, localizer: str | Path | None = None,
-               device: str = "cpu") -> FastAPI:
+               device: str = "cpu", token: str | None = None) -> FastAPI:
     """The FastAPI app over one Searcher: given, made by `searcher_factory`, or opened from `index_dir`.
 
     Given a factory or paths, the Searcher is loaded when the app starts (lifespan), once.
+    With `token`, every endpoint (the page and static files included) needs it: an `Authorization: Bearer`
+    header, or `?token=` once (the page then keeps it in an HttpOnly, same-site cookie).
     """
     if searcher is not None:
         def factory():
@@ -190,6 +203,30 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
     app.state.holder = holder
     app.add_middleware(GZipMiddleware, minimum_size=2048)
 
+    # ------------------------------------------------------------------ limits and authentication
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        target = len(request.url.path) + len(request.url.query)
+        if target > MAX_URL_CHARS:
+            return JSONResponse(status_code=414, content={"detail": f"request URL is {target} characters long; "
+                                                                    f"the limit is {MAX_URL_CHARS}"})
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
+            return JSONResponse(status_code=413, content={"detail": f"request body over {MAX_BODY_BYTES} bytes"})
+        from_query = False
+        if token is not None:
+            given = _bearer(request.headers.get("authorization")) or request.cookies.get(TOKEN_COOKIE)
+            if given is None and "token" in request.query_params:
+                given, from_query = request.query_params["token"], True
+            if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+                return JSONResponse(status_code=401, headers={"WWW-Authenticate": "Bearer"},
+                                    content={"detail": "missing or wrong token: send `Authorization: Bearer TOKEN` "
+                                                       "(or open the page once with ?token=TOKEN)"})
+        response = await call_next(request)
+        if from_query:
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
+
     # ------------------------------------------------------------------ errors
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -197,8 +234,11 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}: {exc}"})
+        # The detail (paths, SQL, stack) goes to the server log only; the client gets an id to quote.
+        rid = uuid.uuid4().hex[:12]
+        log.exception("request %s: unexpected error on %s %s", rid, request.method, request.url.path)
+        return JSONResponse(status_code=500, headers={"X-Request-ID": rid},
+                            content={"detail": f"internal error (request id {rid}; the server log has the details)"})
 
     def _motion_row(s, motion_id: int) -> MotionInfo:
         row = s.motions.get(motion_id)
