@@ -505,7 +505,9 @@ def _report_eval(res, table: str, out: Path, as_json: bool) -> None:
     """Write the markdown table beside the run files; print it, or the metrics as JSON."""
     (out / "report.md").write_text(table + "\n")
     if as_json:
-        print_json({"metrics": [r.to_dict() for r in res.results], "meta": res.meta, "timings_s": res.timings_s})
+        print_json({"metrics": [r.to_dict() for r in res.results], "meta": res.meta, "timings_s": res.timings_s,
+                    "label_match": [r.to_dict() for r in getattr(res, "label_results", [])],
+                    "comparisons": [d.to_dict() for d in getattr(res, "comparisons", [])]})
     else:
         typer.echo(table)
 
@@ -530,9 +532,14 @@ def eval_cmr_cmd(
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster: auto | ray://HOST:10001 "
                                            "(default: start a local Ray)."),
     ray_workers: int = typer.Option(2, "--ray-workers", help="Ray search workers (one Searcher each)."),
+    label_key: str | None = typer.Option(None, "--label-key", help="Annotation `extra` key that names a moment's "
+                                         "label, for label-match P@10/nDCG@10/mAP@100 (default: action or content)."),
+    queries: Path | None = typer.Option(None, "--queries", help="Your own query set instead of the split's "
+                                        "annotations: TSV `label<TAB>text` or JSONL {label, text}."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Corpus moment retrieval: Recall@n,IoU@mu and DCG/NDCG over a (k, lambda) grid, with baselines."""
+    """Corpus moment retrieval: Recall@n,IoU@mu, DCG/NDCG and label-match P@10/nDCG@10/mAP@100 over a
+    (k, lambda) grid, with baselines and paired-bootstrap intervals."""
     from engine.evaluate import cmr_eval
     from engine.search import R_MODES
     from eval.report import cmr_table
@@ -550,10 +557,15 @@ def eval_cmr_cmd(
             res = cmr_eval(index, out, split=split, ks=k, lams=lam, limit=limit, max_queries=max_queries,
                            localizer=localizer, device=device, sliding_window=sliding_window,
                            window_sizes_s=window_s, r_modes=r_mode, backend=backend, ray_address=ray_address,
-                           ray_workers=ray_workers, progress=bar)
+                           ray_workers=ray_workers, progress=bar, label_key=label_key, queries_file=queries)
     except (CorpusError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
         fail(f"eval cmr: {e}")
-    table = cmr_table(res.results, title=f"{index} ({split}, {res.meta['queries']} queries)")
+    from eval.report import label_match_table
+
+    title = f"{index} ({queries or split}, {res.meta['queries']} queries)"
+    table = cmr_table(res.results, title=title) if res.results else f"**{title}**"
+    if res.label_results:
+        table += "\n\n" + label_match_table(res.label_results, res.comparisons)
     _report_eval(res, table, out, as_json)
 
 

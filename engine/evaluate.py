@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import time
@@ -34,6 +35,61 @@ class EvalOutput:
     runs: dict[str, Path] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    label_results: list = field(default_factory=list)  # LabelMatchResult, one per run (corpus search)
+    comparisons: list = field(default_factory=list)  # PairedDiff: each method against each baseline
+
+
+LABEL_KEYS = ("action", "content")  # synthetic action name, Bandai content: tried in this order
+
+
+def detect_label_key(annotations: dict) -> str | None:
+    """The first of LABEL_KEYS that most annotations carry in `extra` (None when none does)."""
+    anns = [a for lst in annotations.values() for a in lst]
+    for key in LABEL_KEYS:
+        if anns and sum(key in a.extra for a in anns) >= 0.5 * len(anns):
+            return key
+    return None
+
+
+def label_pool(annotations: dict, label_key: str) -> list:
+    """Every annotation of the corpus that carries `label_key`, as a LabelledSpan."""
+    from eval.labelmatch import LabelledSpan
+
+    return [LabelledSpan(int(m), a.start_s, a.end_s, str(a.extra[label_key]))
+            for m, lst in annotations.items() for a in lst if label_key in a.extra]
+
+
+def read_labelled_queries(path: str | Path) -> list[tuple[str, str]]:
+    """(label, text) rows of a user's query set: TSV with a `label<TAB>text` header (`#` lines are comments)
+    or JSONL objects {"label": ..., "text": ...}. Errors name the file and line."""
+    import csv
+    import json
+
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise RequestError(str(path), f"cannot read the query set: {e.strerror or e}") from e
+    out: list[tuple[str, str]] = []
+    body = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip() and not ln.lstrip().startswith("#")]
+    if path.suffix.lower() == ".jsonl":
+        for i, ln in body:
+            try:
+                rec = json.loads(ln)
+                out.append((str(rec["label"]), str(rec["text"])))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise RequestError(f"{path}:{i}", f"expected {{\"label\": ..., \"text\": ...}} ({e})") from None
+    else:
+        rows = list(csv.reader([ln for _, ln in body], delimiter="\t"))
+        if not rows or [c.strip().lower() for c in rows[0][:2]] != ["label", "text"]:
+            raise RequestError(str(path), "a TSV query set starts with the header `label<TAB>text`")
+        for (i, _), row in zip(body[1:], rows[1:]):
+            if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                raise RequestError(f"{path}:{i}", "expected `label<TAB>text`")
+            out.append((row[0].strip(), row[1].strip()))
+    if not out:
+        raise RequestError(str(path), "no queries")
+    return out
 
 
 def similarity_encoder():
@@ -302,8 +358,14 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
              max_queries: int | None = 300, localizer: str | Path | None = None, device: str = "cpu",
              sliding_window: bool = True, window_sizes_s: Sequence[float] = (2.0, 4.0, 6.0),
              r_modes: Sequence[str] = ("motion",), backend: str = "local", ray_address: str | None = None,
-             ray_workers: int = 2, progress: Callable[[str, int, int], None] | None = None) -> EvalOutput:
-    """Corpus moment retrieval on the index's corpus, queries = annotations of `split` (all motions searched).
+             ray_workers: int = 2, progress: Callable[[str, int, int], None] | None = None,
+             label_key: str | None = None, queries_file: str | Path | None = None) -> EvalOutput:
+    """Corpus moment retrieval on the index's corpus, queries = annotations of `split` (all motions searched),
+    or a user's (label, text) query set (`queries_file`, judged by label match only).
+
+    Label match (`eval.labelmatch`): with `label_key` (default: detected, the synthetic action or the Bandai
+    content), every run also gets P@10, nDCG@10 and mAP@100 against every annotation of the query's label,
+    and each MLP setting a paired-bootstrap comparison with each baseline.
 
     Methods: the MLP searcher on the (k, lambda) grid; baselines retrieval only (best 10 s chunk, ranked by
     r) and, with `sliding_window`, the sliding-window localizer (for each k: best window of each top-k
@@ -316,20 +378,47 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from eval.labelmatch import evaluate_label_match
+
     searcher = Searcher(index_dir, localizer=localizer, device=device)
     store = searcher.store
-    _, truth = _truth(store, split, max_queries)
-    if not truth:
-        raise ValueError(f"{index_dir}: no annotations in split {split!r} of its corpus")
-    write_ground_truth(out_dir / "truth.jsonl", truth)
-    queries = {g.query_id: g.text for g in truth}
-    scorer = CmrScorer(searcher.retrieval, store, searcher.motions, truth)
-    output = EvalOutput(meta={"index": str(index_dir), "split": split, "queries": len(queries),
-                              "similarity_model": scorer.enc_name, "limit": limit})
+    annotations = {m: store.annotations(m) for m in searcher.motions}
+    label_key = label_key or detect_label_key(annotations)
+    query_labels: dict[str, str] = {}
+    if queries_file is not None:
+        if label_key is None:
+            raise RequestError("--label-key", "the corpus's annotations carry no known label key; name one")
+        truth = []
+        user = read_labelled_queries(queries_file)
+        queries = {f"u{i}": text for i, (_, text) in enumerate(user, 1)}
+        query_labels = {f"u{i}": label for i, (label, _) in enumerate(user, 1)}
+    else:
+        motions, truth = _truth(store, split, max_queries)
+        if not truth:
+            raise ValueError(f"{index_dir}: no annotations in split {split!r} of its corpus")
+        write_ground_truth(out_dir / "truth.jsonl", truth)
+        queries = {g.query_id: g.text for g in truth}
+        if label_key is not None:
+            extra = {f"{m.motion_id}:{a.seg_id or i}": a.extra for m in motions for i, a in enumerate(m.annotations)}
+            query_labels = {q: str(extra[q][label_key]) for q in queries if label_key in extra.get(q, {})}
+    label_spans = label_pool(annotations, label_key) if label_key else []
+    scorer = CmrScorer(searcher.retrieval, store, searcher.motions, truth) if truth else None
+    output = EvalOutput(meta={"index": str(index_dir), "split": split, "queries": len(queries), "limit": limit,
+                              "similarity_model": scorer.enc_name if scorer else None, "label_key": label_key,
+                              "queries_file": str(queries_file) if queries_file else None})
+    if query_labels:
+        from engine.corpus.io import atomic_write_text
+
+        atomic_write_text(out_dir / "query-labels.json", json.dumps({"label_key": label_key, "labels": query_labels},
+                                                                    indent=1, ensure_ascii=False))
 
     def finish(name: str, rows, meta, k=None, lam=None) -> None:
         output.runs[name] = write_run(out_dir / f"run-{name}.jsonl", rows, meta=meta)
-        output.results.append(scorer.score(rows, meta.extra["setting"], k, lam))
+        if scorer is not None:
+            output.results.append(scorer.score(rows, meta.extra["setting"], k, lam))
+        if query_labels:
+            output.label_results.append(evaluate_label_match(rows, query_labels, label_spans,
+                                                                   setting=meta.extra["setting"]))
 
     total = len(r_modes) * len(ks) * len(lams) * len(queries)
     done = 0
@@ -400,4 +489,20 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
                 progress("sliding-window", ks.index(k) + 1, len(ks))
         output.meta["sliding_window_windows_embedded"] = bank.windows_embedded
     write_metrics_json(out_dir / "metrics.json", output.results, meta=output.meta)
+    if output.label_results:
+        output.comparisons = label_comparisons(output.label_results)
+        from engine.corpus.io import atomic_write_text
+
+        atomic_write_text(out_dir / "label-match.json", json.dumps(
+            {"meta": output.meta, "results": [r.to_dict() for r in output.label_results],
+             "comparisons": [d.to_dict() for d in output.comparisons]}, indent=2, ensure_ascii=False))
     return output
+
+
+def label_comparisons(results, metrics: Sequence[str] = ("p@10", "ndcg@10")) -> list:
+    """Paired bootstrap of every MLP setting against every baseline (retrieval only, sliding windows)."""
+    from eval.labelmatch import compare
+
+    ours = [r for r in results if r.setting.startswith("MLP")]
+    base = [r for r in results if not r.setting.startswith("MLP")]
+    return [compare(a, b, metric=m) for a in ours for b in base for m in metrics]

@@ -211,3 +211,29 @@ def read_metrics_json(path: str | os.PathLike) -> list[TslmResult | CmrResult]:
                 raise
             raise CorpusError(f"{path}: result {i}", f"malformed result: {e}") from e
     return out
+
+
+def label_match_table(results, comparisons=(), title: str | None = None) -> str:
+    """Markdown: label-match P@10, nDCG@10, mAP@100 (percent) per method, then the paired-bootstrap
+    differences (95% CI) of each method against each baseline."""
+    lines: list[str] = []
+    if title:
+        lines += [f"**{title}**", ""]
+    results = list(results)
+    if not results:
+        return "\n".join(lines)
+    ns = sorted({n for r in results for n in r.precision})
+    cols = [f"P@{n}" for n in ns] + [f"nDCG@{n}" for n in ns] + [f"mAP@{results[0].map_n}", "queries"]
+    lines += ["Label match (IoU >= 0.5 with an annotation of the query's label; %)", "",
+              _row(["Method"] + cols), _row(["---"] + ["---:"] * len(cols))]
+    for r in results:
+        cells = [_pct(r.precision[n]) for n in ns] + [_pct(r.ndcg[n]) for n in ns] + [_pct(r.map_at), str(r.n_queries)]
+        lines.append(_row([r.setting] + cells))
+    comparisons = list(comparisons)
+    if comparisons:
+        lines += ["", "Paired bootstrap (10,000 resamples of the queries): difference a − b in points, 95% CI", "",
+                  _row(["a", "b", "metric", "a − b", "95% CI"]), _row(["---", "---", "---", "---:", "---:"])]
+        for d in comparisons:
+            lines.append(_row([d.a, d.b, d.metric, f"{100 * d.mean:+.1f}",
+                               f"[{100 * d.lo:+.1f}, {100 * d.hi:+.1f}]"]))
+    return "\n".join(lines)
