@@ -519,6 +519,8 @@ def eval_cmr_cmd(
     split: str = typer.Option("test", help="Queries: the annotations of this split of the index's corpus."),
     k: list[int] = typer.Option([100, 200], "--k"),
     lam: list[float] = typer.Option([5.0, 10.0], "--lam"),
+    gamma: list[float] = typer.Option([1.0], "--gamma", help="Powers of p_se, repeatable: 1 is the paper's score, "
+                                      "others the fused p_se ** gamma * exp(lam * r)."),
     limit: int = typer.Option(100, "--limit"),
     max_queries: int | None = typer.Option(300, help="A seeded sample of the queries (None: all)."),
     localizer: Path | None = typer.Option(None, "--localizer"),
@@ -557,7 +559,8 @@ def eval_cmr_cmd(
             res = cmr_eval(index, out, split=split, ks=k, lams=lam, limit=limit, max_queries=max_queries,
                            localizer=localizer, device=device, sliding_window=sliding_window,
                            window_sizes_s=window_s, r_modes=r_mode, backend=backend, ray_address=ray_address,
-                           ray_workers=ray_workers, progress=bar, label_key=label_key, queries_file=queries)
+                           ray_workers=ray_workers, progress=bar, label_key=label_key, queries_file=queries,
+                           gammas=gamma)
     except (CorpusError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
         fail(f"eval cmr: {e}")
     from eval.report import label_match_table
@@ -796,6 +799,11 @@ def search_cmd(
     no_prune: bool = typer.Option(False, "--no-prune", help="Localize all k motions (no exact top-n pruning)."),
     r_mode: str = typer.Option(DEFAULT_REQUEST.r_mode, "--r", help="r in the score: moment (the best chunk covering "
                                "the moment; better NDCG in docs/results.md) | motion (the paper: the motion's best chunk)."),
+    score: str = typer.Option(DEFAULT_REQUEST.score, "--score", help="fused: p_se ** gamma * exp(lam * r), fitted on "
+                              "val | paper: p_se * exp(lam * r)."),
+    gamma: float = typer.Option(DEFAULT_REQUEST.gamma, "--gamma", help="The fused score's power of p_se."),
+    per_motion: int = typer.Option(DEFAULT_REQUEST.per_motion, "--per-motion", help="At most this many moments of "
+                                   "one motion (0: no cap); near-duplicates are always dropped."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Print the moments as JSON."),
 ) -> None:
@@ -810,7 +818,8 @@ def search_cmd(
     for qid, text in batch:
         try:
             requests.append((qid, SearchRequest(text, k=k, lam=lam, limit=limit, top_m=top_m, prune=not no_prune,
-                                                r_mode=r_mode, sources=tuple(source or ()),
+                                                r_mode=r_mode, score=score, gamma=gamma, per_motion=per_motion,
+                                                sources=tuple(source or ()),
                                                 min_motion_s=min_motion_s, max_motion_s=max_motion_s,
                                                 min_moment_s=min_moment_s, max_moment_s=max_moment_s)))
         except RequestError as e:

@@ -331,7 +331,7 @@ def run_meta_for(searcher, method: str, setting: str, req=None, **extra):
                    retrieval_fingerprint=man.model_fingerprint,
                    localizer_fingerprint=searcher.localizer_fingerprint if req is not None else None,
                    k=None if req is None else req.k, lam=None if req is None else req.lam,
-                   r_mode=None if req is None else req.r_mode, score=None if req is None else "paper",
+                   r_mode=None if req is None else req.r_mode, score=None if req is None else req.score,
                    limit=None if req is None else req.limit, extra={"setting": setting, **extra})
 
 
@@ -359,7 +359,8 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
              sliding_window: bool = True, window_sizes_s: Sequence[float] = (2.0, 4.0, 6.0),
              r_modes: Sequence[str] = ("motion",), backend: str = "local", ray_address: str | None = None,
              ray_workers: int = 2, progress: Callable[[str, int, int], None] | None = None,
-             label_key: str | None = None, queries_file: str | Path | None = None) -> EvalOutput:
+             label_key: str | None = None, queries_file: str | Path | None = None,
+             gammas: Sequence[float] = (1.0,)) -> EvalOutput:
     """Corpus moment retrieval on the index's corpus, queries = annotations of `split` (all motions searched),
     or a user's (label, text) query set (`queries_file`, judged by label match only).
 
@@ -420,7 +421,7 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
             output.label_results.append(evaluate_label_match(rows, query_labels, label_spans,
                                                                    setting=meta.extra["setting"]))
 
-    total = len(r_modes) * len(ks) * len(lams) * len(queries)
+    total = len(r_modes) * len(ks) * len(lams) * len(gammas) * len(queries)
     done = 0
     pool = None
     if backend == "ray":  # the queries spread over Ray workers, each with its own Searcher (loaded once)
@@ -431,8 +432,10 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
     elif backend != "local":
         raise ValueError(f"backend must be local or ray (got {backend!r})")
     try:
-        for r_mode, k, lam in itertools.product(r_modes, ks, lams):
-            req = SearchRequest(next(iter(queries.values())), k=k, lam=lam, limit=limit, r_mode=r_mode)
+        for r_mode, k, lam, gamma in itertools.product(r_modes, ks, lams, gammas):
+            # gamma = 1 is the paper's score; any other value the fused p_se ** gamma * exp(lam * r).
+            req = SearchRequest(next(iter(queries.values())), k=k, lam=lam, limit=limit, r_mode=r_mode,
+                                score="paper" if gamma == 1.0 else "fused", gamma=gamma)
             rows = []
             t0 = time.perf_counter()
             localized = []
@@ -451,10 +454,11 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
                 if progress:
                     progress("cmr", done, total)
             dt = time.perf_counter() - t0
-            suffix = "" if r_mode == "motion" else f"-r{r_mode}"
+            suffix = ("" if r_mode == "motion" else f"-r{r_mode}") + ("" if gamma == 1.0 else f"-g{gamma:g}")
             name = f"mlp-k{k}-lam{lam:g}{suffix}"
             output.timings_s[name] = dt
-            setting = f"MLP k={k}, λ={lam:g}" + ("" if r_mode == "motion" else f", {r_mode} r")
+            setting = (f"MLP k={k}, λ={lam:g}" + ("" if r_mode == "motion" else f", {r_mode} r")
+                       + ("" if gamma == 1.0 else f", γ={gamma:g}"))
             finish(name, rows, run_meta_for(searcher, "MLP", setting, req), k, lam)
             if localized:
                 output.meta[f"{name}_mean_localized"] = float(np.mean(localized))

@@ -20,6 +20,7 @@ MAX_LIMIT = 1_000
 MAX_LAM = 100.0
 MAX_TOP_M = 100
 R_MODES = ("moment", "motion")
+SCORES = ("fused", "paper")
 
 
 def validate_query(text: str | None) -> str:
@@ -62,6 +63,10 @@ class SearchRequest:
     - `limit`: moments returned; `top_m`: candidate moments per motion (temporal NMS at `nms_iou`);
     - `r_mode`: "moment" (the best chunk covering the moment; the default) or "motion" (the paper: the
       motion's best chunk);
+    - `score`: "paper" ranks by p_se * exp(lam * r); "fused" by p_se ** gamma * exp(lam * r), i.e.
+      lam * r + gamma * log p_se, with lam and gamma fitted on a validation split (docs/results.md);
+    - `dedup_iou`, `per_motion`: a moment that overlaps a better one of the same motion by IoU >= dedup_iou,
+      or contains it or lies inside it, is dropped; at most `per_motion` moments per motion (0: no cap);
     - `prune`: exact top-n pruning (the result equals the exhaustive one); `use_cache`: reuse encoded
       motions across requests;
     - filters: `sources`, motion length (`min_motion_s`, `max_motion_s`), moment length
@@ -75,6 +80,10 @@ class SearchRequest:
     top_m: int = 3
     nms_iou: float = 0.5
     r_mode: str = "moment"
+    score: str = "paper"
+    gamma: float = 1.0
+    dedup_iou: float = 0.3
+    per_motion: int = 2
     prune: bool = True
     batch_size: int = 32
     sources: tuple[str, ...] = ()
@@ -95,6 +104,12 @@ class SearchRequest:
         _int_in("top_m", self.top_m, 1, MAX_TOP_M)
         set_(self, "nms_iou", _float_in("nms_iou", self.nms_iou, 0.0, 1.0))
         _int_in("batch_size", self.batch_size, 1, 4096)
+        if self.score not in SCORES:
+            raise RequestError("score", f"must be one of {', '.join(SCORES)} (got {self.score!r})")
+        set_(self, "gamma", _float_in("gamma", self.gamma, 0.0, 10.0))
+        set_(self, "dedup_iou", _float_in("dedup_iou", self.dedup_iou, 0.0, 1.0))
+        if self.per_motion != 0:
+            _int_in("per_motion", self.per_motion, 1, MAX_TOP_M)
         if self.r_mode not in R_MODES:
             raise RequestError("r_mode", f"must be one of {', '.join(R_MODES)} (got {self.r_mode!r})")
         if isinstance(self.sources, str):
@@ -110,6 +125,11 @@ class SearchRequest:
                 raise RequestError(lo_name, f"{lo:g} is above {hi_name} {hi:g}")
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def p_se_power(self) -> float:
+        """The exponent of p_se in the score: 1 for the paper's, gamma for the fused score."""
+        return 1.0 if self.score == "paper" else self.gamma
+
     @property
     def filters_motions(self) -> bool:
         return bool(self.sources) or self.min_motion_s is not None or self.max_motion_s is not None

@@ -41,6 +41,27 @@ class SpanHit:
     r: float | None = None
 
 
+def dedup_motion(cands: list, iou: float | None, cap: int) -> list:
+    """One motion's (key, moment) candidates, best first, without near-duplicates: a moment that overlaps
+    a kept one by IoU >= `iou`, contains it or lies inside it is dropped; at most `cap` are kept (0: all)."""
+    from engine.corpus.spans import temporal_iou
+
+    cands = sorted(cands, key=lambda c: c[0])
+    if iou is None and not cap:
+        return cands
+    kept: list = []
+    for key, m in cands:
+        if cap and len(kept) >= cap:
+            break
+        dup = iou is not None and any(
+            temporal_iou(m.start_s, m.end_s, k.start_s, k.end_s) >= iou
+            or (m.start_s <= k.start_s and k.end_s <= m.end_s) or (k.start_s <= m.start_s and m.end_s <= k.end_s)
+            for _, k in kept)
+        if not dup:
+            kept.append((key, m))
+    return kept
+
+
 @dataclass
 class RankStats:
     """What the ranking loop did: how many of the k motions it localized, and in how many batches."""
@@ -64,12 +85,18 @@ def rank_moments(
     batch_size: int = 32,
     prune: bool = True,
     keep: Callable[[int, float, float], bool] | None = None,
+    gamma: float = 1.0,
+    dedup_iou: float | None = None,
+    per_motion: int = 0,
 ) -> tuple[list[Moment], RankStats]:
     """Score the moments of motions (sorted by decreasing r) and return the best `limit` of them, ranked.
 
-    `keep(motion_id, start_s, end_s)` filters candidate moments (e.g. by length). With `prune`, the loop
-    stops as soon as `exp(lam * r_next) < n-th best score`: since p_se <= 1 (and a moment's own r is at
-    most its motion's r) nothing after can enter.
+    Score = p_se ** gamma * exp(lam * r) (gamma = 1: the paper's). `keep(motion_id, start_s, end_s)`
+    filters candidate moments (e.g. by length). Within a motion, a moment that overlaps a better one by
+    IoU >= `dedup_iou`, or contains it or lies inside it, is dropped, and at most `per_motion` are kept
+    (0: all). With `prune`, the loop stops as soon as `exp(lam * r_next) < n-th best score`: since
+    p_se ** gamma <= 1 (and a moment's own r is at most its motion's r) nothing after can enter; the
+    de-duplication only compares moments of one motion, so it cannot change that bound.
     Ties are broken by the motion's r order, then by start time, so pruned and exhaustive runs agree.
     The moments carry motion id, span, scores and rank; the caller fills in the motion's name and label.
     """
@@ -88,15 +115,17 @@ def rank_moments(
         localized += len(ids)
         for j, (mid, hits) in enumerate(zip(ids, spans)):
             r_motion = float(r[b0 + j])
+            mine: list[tuple[tuple[float, int, float], Moment]] = []
             for h in hits:
                 if keep is not None and not keep(mid, h.start_s, h.end_s):
                     continue
                 # A moment's own r never exceeds its motion's (the bound above relies on it).
                 r_used = min(float(h.r), r_motion) if h.r is not None else r_motion
-                score = float(h.p_se) * math.exp(lam * r_used)
+                score = float(h.p_se) ** gamma * math.exp(lam * r_used)
                 m = Moment(motion_id=int(mid), start_s=float(h.start_s), end_s=float(h.end_s), score=score,
                            p_se=float(h.p_se), r=r_used)
-                cands.append(((-score, b0 + j, m.start_s), m))
+                mine.append(((-score, b0 + j, m.start_s), m))
+            cands.extend(dedup_motion(mine, dedup_iou, per_motion))
         cands.sort(key=lambda c: c[0])
         if limit is not None:
             del cands[limit:]
@@ -140,7 +169,7 @@ class SearchResult:
     def to_dict(self) -> dict:
         """The JSON form the CLI (`--json`) and the HTTP API share."""
         q = self.request
-        return {"query": q.text, "k": self.k, "lam": q.lam, "r": q.r_mode, "limit": q.limit,
+        return {"query": q.text, "k": self.k, "lam": q.lam, "r": q.r_mode, "score": q.score, "limit": q.limit,
                 "localized": self.localized, "moments": [m.to_dict() for m in self.moments],
                 "timings_s": {kk: round(v, 6) for kk, v in self.timings_s.items()}}
 
@@ -291,7 +320,8 @@ class Searcher:
 
         ranked, stats = rank_moments(ids, rs, localize, req.lam, req.limit, batch_size=req.batch_size,
                                      prune=req.prune,
-                                     keep=(lambda _m, s, e: req.keeps_moment(s, e)) if req.filters_moments else None)
+                                     keep=(lambda _m, s, e: req.keeps_moment(s, e)) if req.filters_moments else None,
+                                     gamma=req.p_se_power, dedup_iou=req.dedup_iou, per_motion=req.per_motion)
         t["motion_encode"] = t_enc[0]
         t["localize"] = t_loc[0]
         t0 = time.perf_counter()

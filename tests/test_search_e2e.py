@@ -204,3 +204,27 @@ def test_cli_index_build_caches_the_localizer_encoding(pipeline, tmp_path):
     r = CliRunner().invoke(app, ["index", "build", "--corpus", str(corpus), "--out", str(tmp_path / "x"),
                                  "--model", str(model_pt), "--localizer", str(tmp_path / "nope")])
     assert r.exit_code == 1 and "no such localizer run" in r.stderr
+
+
+@pytest.mark.parametrize("score", ["paper", "fused"])
+def test_no_near_duplicates_in_any_top10(searcher, score):
+    """The engine's own output: within one motion no two top-10 moments overlap by IoU >= 0.3 or contain one
+    another, and no motion has more than the per-motion cap (2 by default)."""
+    from engine.corpus.spans import temporal_iou
+
+    for text in ("kung fu pose", "a person waves the right hand", "someone jumps", "a person walks forward"):
+        req = SearchRequest(text, k=12, limit=10, top_m=5, score=score, gamma=0.5)
+        moments = searcher.search(req).moments
+        assert moments
+        by_motion = {}
+        for m in moments:
+            by_motion.setdefault(m.motion_id, []).append(m)
+        for ms in by_motion.values():
+            assert len(ms) <= req.per_motion
+            for i, a in enumerate(ms):
+                for b in ms[i + 1:]:
+                    assert temporal_iou(a.start_s, a.end_s, b.start_s, b.end_s) < 0.3
+                    assert not (a.start_s <= b.start_s <= b.end_s <= a.end_s)
+                    assert not (b.start_s <= a.start_s <= a.end_s <= b.end_s)
+        if score == "fused":
+            assert all(m.score == pytest.approx(m.p_se ** 0.5 * math.exp(req.lam * m.r), rel=1e-6) for m in moments)

@@ -62,3 +62,50 @@ def test_query_validation(bad, msg):
     with pytest.raises(ValueError, match=msg):
         validate_query(bad)
     assert validate_query("  kung fu pose ") == "kung fu pose"
+
+
+def _no_dups(moments, iou=0.3, cap=2):
+    from engine.corpus.spans import temporal_iou
+
+    by_motion = {}
+    for m in moments:
+        by_motion.setdefault(m.motion_id, []).append(m)
+    for ms in by_motion.values():
+        assert len(ms) <= cap
+        for i, a in enumerate(ms):
+            for b in ms[i + 1:]:
+                assert temporal_iou(a.start_s, a.end_s, b.start_s, b.end_s) < iou
+                assert not (a.start_s <= b.start_s and b.end_s <= a.end_s)
+                assert not (b.start_s <= a.start_s and a.end_s <= b.end_s)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("gamma,cap", [(1.0, 2), (0.3, 1), (0.0, 0)])
+def test_dedup_cap_and_gamma_pruned_equals_brute_force(seed, gamma, cap):
+    """With de-duplication, a per-motion cap and p_se ** gamma, pruning still returns exactly the brute-force
+    top-n: every motion's candidates de-duplicated greedily by score, then all sorted."""
+    from engine.corpus.spans import temporal_iou
+
+    ids, r, spans, localize, _ = _setup(seed, top_m=5)
+    lam, limit = 5.0, 10
+    kw = dict(gamma=gamma, dedup_iou=0.3, per_motion=cap)
+    pruned, st = rank_moments(ids, r, localize, lam, limit, batch_size=16, prune=True, **kw)
+    full, _ = rank_moments(ids, r, localize, lam, limit, batch_size=16, prune=False, **kw)
+    assert [(m.motion_id, m.start_s) for m in pruned] == [(m.motion_id, m.start_s) for m in full]
+    every = []
+    for order, (mid, rr) in enumerate(zip(ids, r)):
+        cands = sorted(((h.p_se ** gamma * math.exp(lam * rr), h) for h in spans[int(mid)]),
+                       key=lambda x: (-x[0], x[1].start_s))
+        kept = []
+        for sc, h in cands:
+            if cap and len(kept) >= cap:
+                break
+            if all(temporal_iou(h.start_s, h.end_s, k.start_s, k.end_s) < 0.3
+                   and not (h.start_s <= k.start_s and k.end_s <= h.end_s)
+                   and not (k.start_s <= h.start_s and h.end_s <= k.end_s) for _, k in kept):
+                kept.append((sc, h))
+        every += [(-sc, order, h.start_s, int(mid)) for sc, h in kept]
+    every.sort()
+    assert [(x[3], x[2]) for x in every[:limit]] == [(m.motion_id, m.start_s) for m in full]
+    assert [m.rank for m in full] == list(range(1, len(full) + 1))
+    _no_dups(full, cap=cap or 99)

@@ -69,6 +69,7 @@ class SearchOut(BaseModel):
     k: int
     lam: float
     r: str  # which r the score used: moment | motion
+    score: str  # which score ranked the moments: fused | paper
     limit: int
     localized: int
     moments: list[MomentOut]
@@ -257,10 +258,14 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
         limit: int = Query(DEFAULTS.limit, description=f"Moments to return (1-{MAX_LIMIT})."),
         r: Literal["moment", "motion"] = Query(DEFAULTS.r_mode, description="r in the score: moment (the best "
                                                "chunk covering the moment) or motion (the paper: the motion's best chunk)."),
+        score: Literal["fused", "paper"] = Query(DEFAULTS.score, description="fused: p_se ** gamma * exp(lam * r) "
+                                                 "(fitted on val) | paper: p_se * exp(lam * r)."),
+        per_motion: int = Query(DEFAULTS.per_motion, description="At most this many moments of one motion "
+                                "(0: no cap)."),
     ) -> SearchOut:
         """Ranked moments for a sentence (retrieve top-k motions, localize, score, rank)."""
         try:
-            req = SearchRequest(q, k=k, lam=lam, limit=limit, r_mode=r)
+            req = SearchRequest(q, k=k, lam=lam, limit=limit, r_mode=r, score=score, per_motion=per_motion)
         except RequestError as e:
             raise HTTPException(422, f"{HTTP_PARAM.get(e.where, e.where)}: {e.problem}") from None
         s = holder.get()
