@@ -76,6 +76,64 @@ class RankStats:
 LocalizeFn = Callable[[Sequence[int]], Sequence[Sequence[SpanHit]]]
 
 
+class Ranker:
+    """The ranking loop of one query as a resumable state machine, so that several queries can share each
+    localizer pass (`Searcher.search_many`, the server's micro-batches): `next_batch()` names the motions to
+    localize next (None when done: all localized, or pruned), `add(ids, spans)` takes their spans.
+    `rank_moments` drives one Ranker alone; the result is the same either way."""
+
+    def __init__(self, motion_ids: Sequence[int], r: Sequence[float], lam: float, limit: int | None,
+                 batch_size: int = 32, prune: bool = True, keep: Callable[[int, float, float], bool] | None = None,
+                 gamma: float = 1.0, dedup_iou: float | None = None, per_motion: int = 0):
+        self.r = np.asarray(r, dtype=np.float64)
+        if len(self.r) > 1 and np.any(np.diff(self.r) > 1e-12):
+            raise ValueError("rank_moments: motions must be sorted by decreasing r")
+        self.motion_ids = list(motion_ids)
+        self.lam, self.limit, self.batch_size, self.prune, self.keep = lam, limit, batch_size, prune, keep
+        self.gamma, self.dedup_iou, self.per_motion = gamma, dedup_iou, per_motion
+        self.cands: list[tuple[tuple[float, int, float], Moment]] = []  # ((-score, r order, start), moment)
+        self.kth = -math.inf
+        self.b0 = 0
+        self.localized = self.batches = 0
+
+    def next_batch(self) -> list[int] | None:
+        if self.b0 >= len(self.motion_ids):
+            return None
+        if (self.prune and self.limit is not None and len(self.cands) >= self.limit
+                and math.exp(self.lam * self.r[self.b0]) < self.kth):
+            return None
+        return self.motion_ids[self.b0: self.b0 + self.batch_size]
+
+    def add(self, ids: Sequence[int], spans: Sequence[Sequence[SpanHit]]) -> None:
+        b0 = self.b0
+        self.b0 += len(ids)
+        self.batches += 1
+        self.localized += len(ids)
+        for j, (mid, hits) in enumerate(zip(ids, spans)):
+            r_motion = float(self.r[b0 + j])
+            mine: list[tuple[tuple[float, int, float], Moment]] = []
+            for h in hits:
+                if self.keep is not None and not self.keep(mid, h.start_s, h.end_s):
+                    continue
+                # A moment's own r never exceeds its motion's (the bound above relies on it).
+                r_used = min(float(h.r), r_motion) if h.r is not None else r_motion
+                score = float(h.p_se) ** self.gamma * math.exp(self.lam * r_used)
+                m = Moment(motion_id=int(mid), start_s=float(h.start_s), end_s=float(h.end_s), score=score,
+                           p_se=float(h.p_se), r=r_used)
+                mine.append(((-score, b0 + j, m.start_s), m))
+            self.cands.extend(dedup_motion(mine, self.dedup_iou, self.per_motion))
+        self.cands.sort(key=lambda c: c[0])
+        if self.limit is not None:
+            del self.cands[self.limit:]
+            if len(self.cands) >= self.limit:
+                self.kth = -self.cands[-1][0][0]
+
+    def result(self) -> tuple[list[Moment], RankStats]:
+        ranked = [dataclasses.replace(m, rank=i) for i, (_, m) in enumerate(self.cands, 1)]
+        return ranked, RankStats(k=len(self.motion_ids), localized=self.localized, batches=self.batches,
+                                 pruned=self.prune)
+
+
 def rank_moments(
     motion_ids: Sequence[int],
     r: Sequence[float],
@@ -100,39 +158,11 @@ def rank_moments(
     Ties are broken by the motion's r order, then by start time, so pruned and exhaustive runs agree.
     The moments carry motion id, span, scores and rank; the caller fills in the motion's name and label.
     """
-    r = np.asarray(r, dtype=np.float64)
-    if len(r) > 1 and np.any(np.diff(r) > 1e-12):
-        raise ValueError("rank_moments: motions must be sorted by decreasing r")
-    cands: list[tuple[tuple[float, int, float], Moment]] = []  # ((-score, r order, start), moment)
-    kth = -math.inf
-    localized = batches = 0
-    for b0 in range(0, len(motion_ids), batch_size):
-        if prune and limit is not None and len(cands) >= limit and math.exp(lam * r[b0]) < kth:
-            break
-        ids = list(motion_ids[b0: b0 + batch_size])
-        spans = localize(ids)
-        batches += 1
-        localized += len(ids)
-        for j, (mid, hits) in enumerate(zip(ids, spans)):
-            r_motion = float(r[b0 + j])
-            mine: list[tuple[tuple[float, int, float], Moment]] = []
-            for h in hits:
-                if keep is not None and not keep(mid, h.start_s, h.end_s):
-                    continue
-                # A moment's own r never exceeds its motion's (the bound above relies on it).
-                r_used = min(float(h.r), r_motion) if h.r is not None else r_motion
-                score = float(h.p_se) ** gamma * math.exp(lam * r_used)
-                m = Moment(motion_id=int(mid), start_s=float(h.start_s), end_s=float(h.end_s), score=score,
-                           p_se=float(h.p_se), r=r_used)
-                mine.append(((-score, b0 + j, m.start_s), m))
-            cands.extend(dedup_motion(mine, dedup_iou, per_motion))
-        cands.sort(key=lambda c: c[0])
-        if limit is not None:
-            del cands[limit:]
-            if len(cands) >= limit:
-                kth = -cands[-1][0][0]
-    ranked = [dataclasses.replace(m, rank=i) for i, (_, m) in enumerate(cands, 1)]
-    return ranked, RankStats(k=len(motion_ids), localized=localized, batches=batches, pruned=prune)
+    ranker = Ranker(motion_ids, r, lam, limit, batch_size=batch_size, prune=prune, keep=keep, gamma=gamma,
+                    dedup_iou=dedup_iou, per_motion=per_motion)
+    while (ids := ranker.next_batch()) is not None:
+        ranker.add(ids, localize(ids))
+    return ranker.result()
 
 
 def localizer_tag(path: str | Path) -> str:
@@ -157,6 +187,7 @@ class SearchResult:
     k: int
     localized: int
     timings_s: dict[str, float] = field(default_factory=dict)
+    cached: bool = False  # answered from a result cache (the server's), not searched again
 
     @property
     def query(self) -> str:
@@ -170,7 +201,7 @@ class SearchResult:
         """The JSON form the CLI (`--json`) and the HTTP API share."""
         q = self.request
         return {"query": q.text, "k": self.k, "lam": q.lam, "r": q.r_mode, "score": q.score, "limit": q.limit,
-                "localized": self.localized, "moments": [m.to_dict() for m in self.moments],
+                "localized": self.localized, "cached": self.cached, "moments": [m.to_dict() for m in self.moments],
                 "timings_s": {kk: round(v, 6) for kk, v in self.timings_s.items()}}
 
 
@@ -284,50 +315,92 @@ class Searcher:
 
     # ------------------------------------------------------------------ search
     def search(self, req: SearchRequest) -> SearchResult:
-        """Ranked moments for the request. Score = p_se * exp(lam * r); `req.r_mode` picks r:
+        """Ranked moments for the request. Score = p_se ** gamma * exp(lam * r) (gamma = 1 for the paper's
+        score); `req.r_mode` picks r:
 
         - "motion" (the paper): r = the motion's best chunk similarity, shared by all its moments;
         - "moment": r = the best similarity among the chunks that cover the moment (at least half of the
           shorter of chunk and moment), so a moment localized away from the matching chunk ranks lower.
           It is never above the motion's r, so pruning stays exact."""
-        if not isinstance(req, SearchRequest):
-            raise TypeError(f"Searcher.search takes a SearchRequest (got {type(req).__name__})")
-        t = {}
+        return self.search_many([req])[0]
+
+    def search_many(self, reqs: Sequence[SearchRequest]) -> list[SearchResult]:
+        """Several requests at once, each answered exactly as `search` would: their texts are embedded in
+        one batch, and each localizer pass holds the next motions of every request still ranking (one
+        padded batch instead of one per request). The server's micro-batches call this."""
+        for req in reqs:
+            if not isinstance(req, SearchRequest):
+                raise TypeError(f"Searcher.search takes a SearchRequest (got {type(req).__name__})")
+        if not reqs:
+            return []
         t0 = time.perf_counter()
-        q = self.retrieval.encode_text([req.text])  # (1, d)
-        t["embed_text"] = time.perf_counter() - t0
+        qs = self.retrieval.encode_text([req.text for req in reqs])  # (Q, d)
+        t_embed = (time.perf_counter() - t0) / len(reqs)
 
-        t0 = time.perf_counter()
-        ids, rs = self._candidates(q, req)
-        t["retrieve"] = time.perf_counter() - t0
-
-        t_enc = [0.0]
-        t_loc = [0.0]
-        keep_encoded = req.use_cache and self.use_motion_cache
-
-        def localize(batch: Sequence[int]) -> list[list[SpanHit]]:
+        rankers, timings = [], []
+        for qi, req in enumerate(reqs):
+            t0 = time.perf_counter()
+            ids, rs = self._candidates(qs[qi: qi + 1], req)
+            timings.append({"embed_text": t_embed, "retrieve": time.perf_counter() - t0,
+                            "motion_encode": 0.0, "localize": 0.0})
+            rankers.append(Ranker(ids, rs, req.lam, req.limit, batch_size=req.batch_size, prune=req.prune,
+                                  keep=(lambda _m, s, e, req=req: req.keeps_moment(s, e)) if req.filters_moments
+                                  else None, gamma=req.p_se_power, dedup_iou=req.dedup_iou,
+                                  per_motion=req.per_motion))
+        while True:
+            # One round: the next batch of every request still ranking, localized in one pass.
+            work = [(qi, ids) for qi, rk in enumerate(rankers) if (ids := rk.next_batch()) is not None]
+            if not work:
+                break
             t1 = time.perf_counter()
-            enc = self._encoded_motions(batch, keep=keep_encoded)
+            flat = [m for _, ids in work for m in ids]
+            keep = all(reqs[qi].use_cache for qi, _ in work) and self.use_motion_cache
+            enc = self._encoded_motions(flat, keep=keep)
             t2 = time.perf_counter()
-            spans = self.localizer.localize(req.text, enc, top_m=req.top_m, nms_iou=req.nms_iou,
-                                            batch_size=req.batch_size)
-            t_enc[0] += t2 - t1
-            t_loc[0] += time.perf_counter() - t2
-            if req.r_mode == "moment":
-                return [[SpanHit(s.start_s, s.end_s, s.p_se, self.moment_r(q[0], mid, s.start_s, s.end_s))
-                         for s in row] for mid, row in zip(batch, spans)]
-            return [[SpanHit(s.start_s, s.end_s, s.p_se) for s in row] for row in spans]
+            texts = [reqs[qi].text for qi, ids in work for _ in ids]
+            spans = self._localize_pairs(texts, enc, work, reqs)
+            t3 = time.perf_counter()
+            n = len(flat)
+            at = 0
+            for qi, ids in work:
+                req = reqs[qi]
+                mine = spans[at: at + len(ids)]
+                at += len(ids)
+                if req.r_mode == "moment":
+                    hits = [[SpanHit(s.start_s, s.end_s, s.p_se, self.moment_r(qs[qi], mid, s.start_s, s.end_s))
+                             for s in row] for mid, row in zip(ids, mine)]
+                else:
+                    hits = [[SpanHit(s.start_s, s.end_s, s.p_se) for s in row] for row in mine]
+                rankers[qi].add(ids, hits)
+                share = len(ids) / n  # each request is charged its share of the shared pass
+                timings[qi]["motion_encode"] += (t2 - t1) * share
+                timings[qi]["localize"] += (t3 - t2) * share
+        out = []
+        for req, rk, t in zip(reqs, rankers, timings):
+            t0 = time.perf_counter()
+            ranked, stats = rk.result()
+            moments = [self.describe(m) for m in ranked]
+            t["rank"] = time.perf_counter() - t0
+            out.append(SearchResult(request=req, moments=moments, k=len(rk.motion_ids), localized=stats.localized,
+                                    timings_s=t))
+        return out
 
-        ranked, stats = rank_moments(ids, rs, localize, req.lam, req.limit, batch_size=req.batch_size,
-                                     prune=req.prune,
-                                     keep=(lambda _m, s, e: req.keeps_moment(s, e)) if req.filters_moments else None,
-                                     gamma=req.p_se_power, dedup_iou=req.dedup_iou, per_motion=req.per_motion)
-        t["motion_encode"] = t_enc[0]
-        t["localize"] = t_loc[0]
-        t0 = time.perf_counter()
-        moments = [self.describe(m) for m in ranked]
-        t["rank"] = time.perf_counter() - t0
-        return SearchResult(request=req, moments=moments, k=len(ids), localized=stats.localized, timings_s=t)
+    def _localize_pairs(self, texts, enc, work, reqs) -> list:
+        """The localizer over (text, motion) pairs, one pass per distinct (top_m, nms_iou, batch_size) among
+        the requests (usually one: every request with the defaults shares it); spans in pair order."""
+        groups: dict[tuple, list[int]] = {}
+        at = 0
+        for qi, ids in work:
+            r = reqs[qi]
+            groups.setdefault((r.top_m, r.nms_iou, r.batch_size), []).extend(range(at, at + len(ids)))
+            at += len(ids)
+        out: list = [None] * at
+        for (top_m, nms_iou, batch), rows in groups.items():
+            spans = self.localizer.localize([texts[i] for i in rows], [enc[i] for i in rows], top_m=top_m,
+                                            nms_iou=nms_iou, batch_size=batch)
+            for i, sp in zip(rows, spans):
+                out[i] = sp
+        return out
 
     def describe(self, m: Moment) -> Moment:
         """The moment with its motion's name, source, path and duration, and the best-overlapping label."""

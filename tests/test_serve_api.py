@@ -214,6 +214,8 @@ def test_searcher_loaded_once_and_unexpected_errors_are_json_500(searcher, caplo
         def search(self, *a, **kw):
             raise RuntimeError("boom")
 
+        search_many = search
+
     def factory():
         calls.append(1)
         return Broken()

@@ -72,6 +72,7 @@ class SearchOut(BaseModel):
     score: str  # which score ranked the moments: fused | paper
     limit: int
     localized: int
+    cached: bool  # answered from the server's cache of recent results
     moments: list[MomentOut]
     timings_s: dict[str, float]
 
@@ -130,6 +131,8 @@ class SearcherHolder:
     def __init__(self, factory: Callable[[], Any]):
         self._factory = factory
         self._searcher = None
+        self._batcher = None
+        self.batch_options: dict[str, Any] = {}
         self.lock = threading.RLock()  # searches (the Searcher's caches)
         self.store_lock = threading.Lock()  # corpus-store reads outside a search
 
@@ -140,6 +143,17 @@ class SearcherHolder:
             if self._searcher is None:
                 self._searcher = self._factory()
             return self._searcher
+
+    def batcher(self):
+        """The micro-batcher over the Searcher (made on first use; it searches under `lock`)."""
+        if self._batcher is None:
+            s = self.get()
+            with self.lock:
+                if self._batcher is None:
+                    from engine.serve.batcher import MicroBatcher
+
+                    self._batcher = MicroBatcher(s, lock=self.lock, **self.batch_options)
+        return self._batcher
 
 
 def _first_error(exc: RequestValidationError) -> str:
@@ -268,9 +282,7 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
             req = SearchRequest(q, k=k, lam=lam, limit=limit, r_mode=r, score=score, per_motion=per_motion)
         except RequestError as e:
             raise HTTPException(422, f"{HTTP_PARAM.get(e.where, e.where)}: {e.problem}") from None
-        s = holder.get()
-        with holder.lock:
-            res = s.search(req)
+        res = holder.batcher().search(req)
         return SearchOut(**res.to_dict())
 
     @app.get("/motions/{motion_id}", response_model=MotionOut, responses=ERRORS, tags=["motions"])
