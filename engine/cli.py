@@ -29,16 +29,14 @@ app.add_typer(eval_app, name="eval")
 
 
 def _mount_indexer() -> None:
-    import indexer.cli
-    from indexer.cli import eval_retrieval_cmd, index_app, train_retrieval_cmd
+    from indexer.cli import eval_retrieval_cmd, make_index_app, train_retrieval_cmd
 
     def motion_feature_factory(run_dir, device="cpu"):
         from engine.home import localizer_feature_fn
 
         return localizer_feature_fn(run_dir, device=device)
 
-    indexer.cli.MOTION_FEATURE_FACTORY = motion_feature_factory
-    app.add_typer(index_app, name="index")
+    app.add_typer(make_index_app(motion_feature_factory), name="index")
     train_app.command("retrieval")(train_retrieval_cmd)
     eval_app.command("retrieval")(eval_retrieval_cmd)
 
@@ -761,6 +759,7 @@ def search_cmd(
     try:
         searcher = Searcher(index, localizer=localizer, device=device)
     except (CorpusError, FileNotFoundError, ValueError, OSError) as e:
+        index = getattr(index, "index_dir", index)
         fail(f"{index}: cannot load the index ({e}); check it with `engine index verify {index}` or rebuild it "
              "with `engine index build --corpus CORPUS_DIR --out INDEX_DIR --model RUN_DIR`")
     results = []
@@ -773,7 +772,7 @@ def search_cmd(
         from eval.runfile import rows_from_moments, write_run
 
         rows = [row for qid, res in results for row in rows_from_moments(qid, res.query, res.moments)]
-        write_run(run_out, rows, meta={"method": "MLP", "k": k, "lam": lam, "index": str(index)})
+        write_run(run_out, rows, meta={"method": "MLP", "k": k, "lam": lam, "index": str(searcher.index_dir)})
     if as_json:
         data = [{"query_id": qid, "query": res.query, "k": res.k, "lam": res.lam, "localized": res.localized,
                  "timings_s": {kk: round(v, 4) for kk, v in res.timings_s.items()},

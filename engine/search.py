@@ -17,10 +17,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.corpus.types import Moment
+
+if TYPE_CHECKING:
+    from indexer.index import ChunkIndex
 
 log = logging.getLogger(__name__)
 
@@ -103,19 +107,6 @@ def rank_moments(
     return cands, RankStats(k=len(motion_ids), localized=localized, batches=batches, pruned=prune)
 
 
-def localizer_tag(path: str | Path) -> str:
-    """sha256 of the localizer checkpoint a run directory (or file) resolves to."""
-    import hashlib
-
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (p / name).exists():
-                p = p / name
-                break
-    return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
 @dataclass
 class SearchResult:
     query: str
@@ -141,22 +132,40 @@ class Searcher:
     requests with one Searcher per worker or a lock around `search`.
     """
 
-    def __init__(self, index_dir: str | Path, localizer: str | Path | None = None, corpus: str | Path | None = None,
-                 device: str = "cpu", bf16: bool = False):
+    def __init__(self, index_dir: str | Path | ChunkIndex, localizer: str | Path | None = None,
+                 corpus: str | Path | None = None, device: str = "cpu", bf16: bool = False):
         from engine.corpus.store import CorpusStore
         from engine.home import default_localizer_path
-        from indexer.build import open_index
+        from indexer.index import ChunkIndex, open_index
         from localizer.infer import Localizer
 
-        self.index_dir = Path(index_dir)
-        self.index = open_index(self.index_dir, device=device)  # checksums verified before FAISS reads
+        if isinstance(index_dir, ChunkIndex):  # opened (and its files checked) by the caller
+            self.index = index_dir
+        else:
+            self.index = open_index(index_dir, device=device)  # checksums verified before FAISS reads
+        self.index_dir = self.index.index_dir
         man = self.index.manifest
         self.retrieval = self.index.load_model(device=device)
-        loc_path = Path(localizer) if localizer is not None else default_localizer_path()
+        # The localizer: the caller's, else the one the index was built with, else the shipped one.
+        if localizer is not None:
+            loc_path = Path(localizer)
+        elif man.localizer is not None and Path(man.localizer.path).exists():
+            loc_path = Path(man.localizer.path)
+        else:
+            if man.localizer is not None:
+                log.warning("%s: the index's localizer %s is gone; using the shipped one", self.index_dir,
+                            man.localizer.path)
+            loc_path = default_localizer_path()
         self.localizer = Localizer.load(loc_path, device=device, bf16=bf16)
         # The index caches the localizer's query-independent motion encoding when built with the same
         # checkpoint (its tag is the checkpoint's sha256); otherwise motions are encoded on first use.
-        self.use_cache = man.motion_feature_tag is not None and man.motion_feature_tag == localizer_tag(loc_path)
+        index_loc = man.localizer.sha256 if man.localizer is not None else man.motion_feature_tag
+        self.localizer_matches_index = index_loc is not None and index_loc == self.localizer.fingerprint()
+        if index_loc is not None and not self.localizer_matches_index:
+            log.warning("%s: localizer %s differs from the one the index was built with (%s); its cached motion "
+                        "encoding is not used, motions are encoded on first use", self.index_dir, loc_path,
+                        man.localizer.path if man.localizer is not None else f"sha256 {index_loc[:12]}")
+        self.use_cache = self.localizer_matches_index and man.motion_feature_tag is not None
         if corpus is None:
             corpus, url = man.corpus.get("dir"), man.corpus.get("url")
         else:

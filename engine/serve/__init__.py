@@ -48,9 +48,8 @@ def load_searcher(index: str | Path | None = None, localizer: str | Path | None 
 
         if not (default_index_dir() / "CURRENT").exists() and notify:
             notify("preparing the built-in corpus and its index (first run only, a few minutes) ...")
-        index = ensure_default_index(progress=progress, device=device)
-    index = Path(index)
-    if not index.exists():
+        index = ensure_default_index(progress=progress, device=device)  # opened and verified
+    elif not Path(index).exists():
         raise ServeError(f"{index}: no such index; build one with `engine index build --corpus CORPUS_DIR "
                          f"--out {index} --model RUN_DIR`")
     if localizer is not None and not Path(localizer).exists():
@@ -58,7 +57,8 @@ def load_searcher(index: str | Path | None = None, localizer: str | Path | None 
     try:
         searcher = Searcher(index, localizer=localizer, device=device)
     except (CorpusError, FileNotFoundError, ValueError, OSError) as e:
-        raise ServeError(f"{index}: cannot load the index ({e}); check it with `engine index verify {index}`") from e
+        where = getattr(index, "index_dir", index)
+        raise ServeError(f"{where}: cannot load the index ({e}); check it with `engine index verify {where}`") from e
     if warmup and searcher.meta:
         searcher.search("a person walks forward", k=min(8, len(searcher.meta)), limit=1)
     return searcher
