@@ -83,7 +83,8 @@ def ensure_default_index(progress: Callable[[str, int, int], None] | None = None
                          preset: str = "demo") -> ChunkIndex:
     """The built-in index, opened (every file's checksum verified once): built, with the built-in corpus,
     when absent, when it does not load, or when the shipped models changed since it was built."""
-    from indexer.build import IndexConfig, build_index
+    from indexer.build import build_index
+    from indexer.config import IndexConfig
     from indexer.index import open_index
     from indexer.manifest import LocalizerRef, Manifest, read_current, version_dir
     from indexer.model import load_retrieval
