@@ -53,7 +53,8 @@ def prepare(args):
             st.add_motions(synth.generate(args.synth, seed=0))
         print(f"corpus {corpus}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if not (index / "CURRENT").exists():
-        from indexer.build import IndexConfig, build_index
+        from indexer.build import build_index
+        from indexer.config import IndexConfig
         from indexer.model import load_retrieval
 
         fn, tag = localizer_feature_fn(default_localizer_path())

@@ -48,16 +48,14 @@ app.add_typer(eval_app, name="eval")
 
 
 def _mount_indexer() -> None:
-    import indexer.cli
-    from indexer.cli import eval_retrieval_cmd, index_app, train_retrieval_cmd
+    from indexer.cli import eval_retrieval_cmd, make_index_app, train_retrieval_cmd
 
     def motion_feature_factory(run_dir, device="cpu"):
         from engine.home import localizer_feature_fn
 
         return localizer_feature_fn(run_dir, device=device)
 
-    indexer.cli.MOTION_FEATURE_FACTORY = motion_feature_factory
-    app.add_typer(index_app, name="index")
+    app.add_typer(make_index_app(motion_feature_factory), name="index")
     train_app.command("retrieval")(train_retrieval_cmd)
     eval_app.command("retrieval")(eval_retrieval_cmd)
 

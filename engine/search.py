@@ -21,11 +21,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.corpus.types import IndexFileError, Moment, MotionInfo
 from engine.request import MAX_QUERY_CHARS, R_MODES, SearchRequest, validate_query  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    from indexer.index import ChunkIndex
 
 log = logging.getLogger(__name__)
 
@@ -165,19 +169,6 @@ def rank_moments(
     return ranker.result()
 
 
-def localizer_tag(path: str | Path) -> str:
-    """sha256 of the localizer checkpoint a run directory (or file) resolves to."""
-    import hashlib
-
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (p / name).exists():
-                p = p / name
-                break
-    return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
 @dataclass
 class SearchResult:
     """The ranked moments of one request, with what the search did (k used, motions localized, timings)."""
@@ -214,27 +205,45 @@ class Searcher:
     index's cached encoding nor earlier requests' are used (the naive path benches compare to).
     """
 
-    def __init__(self, index_dir: str | Path, localizer: str | Path | None = None, corpus: str | Path | None = None,
-                 device: str = "cpu", bf16: bool = False, use_motion_cache: bool = True):
+    def __init__(self, index_dir: str | Path | ChunkIndex, localizer: str | Path | None = None,
+                 corpus: str | Path | None = None, device: str = "cpu", bf16: bool = False,
+                 use_motion_cache: bool = True):
         from engine.corpus.device import resolve_device
         from engine.corpus.store import CorpusStore
         from engine.home import default_localizer_path
-        from indexer.build import open_index
+        from indexer.index import ChunkIndex, open_index
         from localizer.infer import Localizer
 
         device = resolve_device(device)
-        self.index_dir = Path(index_dir)
-        self.index = open_index(self.index_dir, device=device)  # checksums verified before FAISS reads
+        if isinstance(index_dir, ChunkIndex):  # opened (and its files checked) by the caller
+            self.index = index_dir
+        else:
+            self.index = open_index(index_dir, device=device)  # checksums verified before FAISS reads
+        self.index_dir = self.index.index_dir
         man = self.index.manifest
         self.retrieval = self.index.load_model(device=device)
-        loc_path = Path(localizer) if localizer is not None else default_localizer_path()
+        # The localizer: the caller's, else the one the index was built with, else the shipped one.
+        if localizer is not None:
+            loc_path = Path(localizer)
+        elif man.localizer is not None and Path(man.localizer.path).exists():
+            loc_path = Path(man.localizer.path)
+        else:
+            if man.localizer is not None:
+                log.warning("%s: the index's localizer %s is gone; using the shipped one", self.index_dir,
+                            man.localizer.path)
+            loc_path = default_localizer_path()
         self.localizer_path = loc_path
         self.localizer = Localizer.load(loc_path, device=device, bf16=bf16)
+        self.localizer_fingerprint = self.localizer.fingerprint()
         # The index caches the localizer's query-independent motion encoding when built with the same
         # checkpoint (its tag is the checkpoint's sha256); otherwise motions are encoded on first use.
-        self.localizer_fingerprint = localizer_tag(loc_path)
-        self.use_cache = (use_motion_cache and man.motion_feature_tag is not None
-                          and man.motion_feature_tag == self.localizer_fingerprint)
+        index_loc = man.localizer.sha256 if man.localizer is not None else man.motion_feature_tag
+        self.localizer_matches_index = index_loc is not None and index_loc == self.localizer_fingerprint
+        if index_loc is not None and not self.localizer_matches_index:
+            log.warning("%s: localizer %s differs from the one the index was built with (%s); its cached motion "
+                        "encoding is not used, motions are encoded on first use", self.index_dir, loc_path,
+                        man.localizer.path if man.localizer is not None else f"sha256 {index_loc[:12]}")
+        self.use_cache = use_motion_cache and self.localizer_matches_index and man.motion_feature_tag is not None
         self.use_motion_cache = use_motion_cache
         if corpus is None:
             corpus, url = man.corpus.get("dir"), man.corpus.get("url")
@@ -426,18 +435,20 @@ def load_searcher(index: str | Path | None = None, localizer: str | Path | None 
 
         if not (default_index_dir() / "CURRENT").exists() and notify:
             notify("preparing the built-in corpus and its index (first run only, a few minutes) ...")
-        index = ensure_default_index(progress=progress, device=device)
-    index = Path(index)
-    if not index.exists():
-        raise IndexFileError(str(index), "no such index; build one with `engine index build --corpus CORPUS_DIR "
-                             f"--out {index} --model RUN_DIR`")
+        index = ensure_default_index(progress=progress, device=device)  # opened and verified: files hashed once
+    else:
+        index = Path(index)
+        if not index.exists():
+            raise IndexFileError(str(index), "no such index; build one with `engine index build --corpus "
+                                 f"CORPUS_DIR --out {index} --model RUN_DIR`")
     if localizer is not None and not Path(localizer).exists():
         raise IndexFileError(str(localizer), "no such localizer run directory (--localizer)")
     try:
         searcher = Searcher(index, localizer=localizer, device=device)
     except (EngineError, FileNotFoundError, ValueError, OSError) as e:
-        raise IndexFileError(str(index), f"cannot load the index ({e}); check it with `engine index verify "
-                             f"{index}` or rebuild it with `engine index build --corpus CORPUS_DIR --out "
+        where = getattr(index, "index_dir", index)
+        raise IndexFileError(str(where), f"cannot load the index ({e}); check it with `engine index verify "
+                             f"{where}` or rebuild it with `engine index build --corpus CORPUS_DIR --out "
                              "INDEX_DIR --model RUN_DIR`") from e
     if warmup and searcher.motions:
         searcher.search(SearchRequest("a person walks forward", k=min(8, len(searcher.motions)), limit=1))

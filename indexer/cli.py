@@ -1,7 +1,7 @@
 """Command-line bodies for the retrieval model and the chunk index, ready for `engine/cli.py` to mount:
 
-    from indexer.cli import index_app, train_retrieval_cmd, eval_retrieval_cmd
-    app.add_typer(index_app, name="index")                 # engine index build|rebuild|add|remove|sync|verify|info|prune
+    from indexer.cli import make_index_app, train_retrieval_cmd, eval_retrieval_cmd
+    app.add_typer(make_index_app(factory), name="index")   # engine index build|rebuild|add|remove|sync|verify|info|prune
     train_app.command("retrieval")(train_retrieval_cmd)    # engine train retrieval --corpus DIR --run runs/NAME
     eval_app.command("retrieval")(eval_retrieval_cmd)      # engine eval retrieval --corpus DIR --run runs/NAME
 
@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
 
-index_app = typer.Typer(help="Build, update and check the FAISS chunk index.", no_args_is_help=True)
-
-# Set by the application layer (engine/cli.py): run dir -> (features -> cached array, tag). The indexer
-# never imports the localizer; it only stores what this callable returns per motion.
-MOTION_FEATURE_FACTORY = None
+# (localizer run dir, device=...) -> (features -> the array to cache per motion, the localizer's sha256).
+# The application layer (engine/cli.py) passes one to `make_index_app`: the indexer never imports the
+# localizer, it only stores what this callable returns per motion.
+MotionFeatureFactory = Callable[..., tuple[Callable, str]]
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -57,13 +57,21 @@ class _Bars:
         self.prog.update(self.tasks[stage], completed=done, total=total)
 
 
-def _feature_fn(localizer: Path | None, device: str | None):
-    """(motion_feature_fn, tag) for a localizer run, or (None, None)."""
-    if localizer is None:
-        return None, None
-    if MOTION_FEATURE_FACTORY is None or not localizer.exists():
-        _fail(f"{localizer}: no such localizer run (or no localizer support in this application)")
-    return MOTION_FEATURE_FACTORY(localizer, device=device or "cpu")
+class _LocalizerFeatures:
+    """`--localizer RUN` -> (motion_feature_fn, tag, LocalizerRef), or (None, None, None) without one."""
+
+    def __init__(self, factory: MotionFeatureFactory | None):
+        self.factory = factory
+
+    def __call__(self, localizer: Path | None, device: str | None):
+        from indexer.manifest import LocalizerRef
+
+        if localizer is None:
+            return None, None, None
+        if self.factory is None or not localizer.exists():
+            _fail(f"{localizer}: no such localizer run (or no localizer support in this application)")
+        fn, tag = self.factory(localizer, device=device or "cpu")
+        return fn, tag, LocalizerRef(path=str(localizer.resolve()), sha256=tag)
 
 
 def _open_corpus(corpus: Path):
@@ -126,52 +134,57 @@ RAY_WORKERS_OPTION = typer.Option(None, "--ray-workers", min=1,
                                   help="Embed workers, 1 CPU each (default: one per cluster CPU).")
 
 
-@index_app.command("build")
-def index_build(
-    corpus: Path = typer.Option(..., "--corpus", help="Corpus directory."),
-    out: Path = typer.Option(..., "--out", help="Index directory (created; new builds become new versions)."),
-    model: Path | None = typer.Option(None, "--model", help="Retrieval run directory or checkpoint."),
-    kind: str = typer.Option("flat", "--kind", help="flat | ivf | hnsw | ivfpq"),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 chunk encoder"),
-    split: str | None = typer.Option(None, "--split", help="Index only this split (default: all motions)."),
-    window_s: float = typer.Option(10.0, "--window-s"),
-    stride_s: float = typer.Option(1.0, "--stride-s"),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
-    force: bool = typer.Option(False, "--force", help="Build even when the live version is up to date."),
-    localizer: Path | None = typer.Option(None, "--localizer",
-                                          help="Localizer run: cache its query-independent motion encoding."),
-    backend: str = BACKEND_OPTION,
-    ray_address: str | None = RAY_ADDRESS_OPTION,
-    ray_num_cpus: int | None = RAY_NUM_CPUS_OPTION,
-    ray_workers: int | None = RAY_WORKERS_OPTION,
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Chunk every motion (10 s windows, 1 s stride), embed the chunks and write a new index version."""
-    from engine.corpus.types import CorpusError
-    from indexer.build import IndexConfig, build_index
+def _build_command(features: _LocalizerFeatures) -> Callable:
+    """`engine index build`, with `--localizer` served by `features`."""
 
-    try:
-        config = IndexConfig(kind=kind, dtype=dtype, split=split, window_s=window_s, stride_s=stride_s,
-                             batch_size=batch_size)
-    except ValueError as e:
-        _fail(str(e))
-    embed_backend = _embed_backend(backend, ray_address, ray_num_cpus, ray_workers)
-    fn, tag = _feature_fn(localizer, device)
-    store = _open_corpus(corpus)
-    m = _load_model(model, device)
-    try:
-        with _Bars() as bars:
-            rep = build_index(store, out, m, config, device=device, progress=bars, force=force,
-                              motion_feature_fn=fn, motion_feature_tag=tag, embed_backend=embed_backend)
-    except (CorpusError, RuntimeError) as e:
-        _fail(f"{e}\n(the previous version, if any, is still live; re-run to resume)")
-    finally:
-        store.close()
-    _report_build(rep, as_json)
+    def index_build(
+        corpus: Path = typer.Option(..., "--corpus", help="Corpus directory."),
+        out: Path = typer.Option(..., "--out", help="Index directory (created; new builds become new versions)."),
+        model: Path | None = typer.Option(None, "--model", help="Retrieval run directory or checkpoint."),
+        kind: str = typer.Option("flat", "--kind", help="flat | ivf | hnsw | ivfpq"),
+        dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 chunk encoder"),
+        split: str | None = typer.Option(None, "--split", help="Index only this split (default: all motions)."),
+        window_s: float = typer.Option(10.0, "--window-s"),
+        stride_s: float = typer.Option(1.0, "--stride-s"),
+        batch_size: int = typer.Option(64, "--batch-size"),
+        device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+        force: bool = typer.Option(False, "--force", help="Build even when the live version is up to date."),
+        localizer: Path | None = typer.Option(None, "--localizer",
+                                              help="Localizer run: cache its query-independent motion encoding."),
+        backend: str = BACKEND_OPTION,
+        ray_address: str | None = RAY_ADDRESS_OPTION,
+        ray_num_cpus: int | None = RAY_NUM_CPUS_OPTION,
+        ray_workers: int | None = RAY_WORKERS_OPTION,
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Chunk every motion (10 s windows, 1 s stride), embed the chunks and write a new index version."""
+        from engine.corpus.types import CorpusError
+        from indexer.build import build_index
+        from indexer.config import IndexConfig
+
+        try:
+            config = IndexConfig(kind=kind, dtype=dtype, split=split, window_s=window_s, stride_s=stride_s,
+                                 batch_size=batch_size)
+        except ValueError as e:
+            _fail(str(e))
+        embed_backend = _embed_backend(backend, ray_address, ray_num_cpus, ray_workers)
+        fn, tag, loc_ref = features(localizer, device)
+        store = _open_corpus(corpus)
+        m = _load_model(model, device)
+        try:
+            with _Bars() as bars:
+                rep = build_index(store, out, m, config, device=device, progress=bars, force=force,
+                                  motion_feature_fn=fn, motion_feature_tag=tag, embed_backend=embed_backend,
+                                  localizer=loc_ref)
+        except (CorpusError, RuntimeError) as e:
+            _fail(f"{e}\n(the previous version, if any, is still live; re-run to resume)")
+        finally:
+            store.close()
+        _report_build(rep, as_json)
+
+    return index_build
 
 
-@index_app.command("rebuild")
 def index_rebuild(
     index_dir: Path = typer.Argument(..., help="Index directory."),
     corpus: Path | None = typer.Option(None, "--corpus", help="Default: the corpus the live version read."),
@@ -188,7 +201,9 @@ def index_rebuild(
     import dataclasses
 
     from engine.corpus.types import CorpusError
-    from indexer.build import IndexConfig, index_info, rebuild_index
+    from indexer.build import rebuild_index
+    from indexer.config import IndexConfig
+    from indexer.versions import index_info
 
     embed_backend = _embed_backend(backend, ray_address, ray_num_cpus, ray_workers)
     info = index_info(index_dir)
@@ -211,37 +226,41 @@ def index_rebuild(
     _report_build(rep, as_json)
 
 
-@index_app.command("add")
-def index_add(
-    index_dir: Path = typer.Argument(..., help="Index directory."),
-    corpus: Path | None = typer.Option(None, "--corpus", help="Default: the corpus the live version read."),
-    motion: list[int] | None = typer.Option(None, "--motion", help="Motion ids (default: all not indexed)."),
-    device: str | None = typer.Option(None, "--device"),
-    localizer: Path | None = typer.Option(None, "--localizer",
-                                          help="Localizer run whose motion encoding the index caches."),
-    backend: str = BACKEND_OPTION,
-    ray_address: str | None = RAY_ADDRESS_OPTION,
-    ray_num_cpus: int | None = RAY_NUM_CPUS_OPTION,
-    ray_workers: int | None = RAY_WORKERS_OPTION,
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """New version with motions added; only their chunks are embedded."""
-    from engine.corpus.types import CorpusError
-    from indexer.build import add_to_index
+def _add_command(features: _LocalizerFeatures) -> Callable:
+    """`engine index add`, with `--localizer` served by `features`."""
 
-    fn, tag = _feature_fn(localizer, device)
-    store = _open_corpus(corpus) if corpus else None
-    embed_backend = _embed_backend(backend, ray_address, ray_num_cpus, ray_workers)
-    try:
-        with _Bars() as bars:
-            rep = add_to_index(index_dir, store, motion or None, device=device, progress=bars,
-                               motion_feature_fn=fn, motion_feature_tag=tag, embed_backend=embed_backend)
-    except (CorpusError, RuntimeError, FileNotFoundError) as e:
-        _fail(str(e))
-    _report_build(rep, as_json)
+    def index_add(
+        index_dir: Path = typer.Argument(..., help="Index directory."),
+        corpus: Path | None = typer.Option(None, "--corpus", help="Default: the corpus the live version read."),
+        motion: list[int] | None = typer.Option(None, "--motion", help="Motion ids (default: all not indexed)."),
+        device: str | None = typer.Option(None, "--device"),
+        localizer: Path | None = typer.Option(None, "--localizer",
+                                              help="Localizer run whose motion encoding the index caches."),
+        backend: str = BACKEND_OPTION,
+        ray_address: str | None = RAY_ADDRESS_OPTION,
+        ray_num_cpus: int | None = RAY_NUM_CPUS_OPTION,
+        ray_workers: int | None = RAY_WORKERS_OPTION,
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """New version with motions added; only their chunks are embedded."""
+        from engine.corpus.types import CorpusError
+        from indexer.build import add_to_index
+
+        fn, tag, loc_ref = features(localizer, device)
+        store = _open_corpus(corpus) if corpus else None
+        embed_backend = _embed_backend(backend, ray_address, ray_num_cpus, ray_workers)
+        try:
+            with _Bars() as bars:
+                rep = add_to_index(index_dir, store, motion or None, device=device, progress=bars,
+                                   motion_feature_fn=fn, motion_feature_tag=tag, embed_backend=embed_backend,
+                                   localizer=loc_ref)
+        except (CorpusError, RuntimeError, FileNotFoundError) as e:
+            _fail(str(e))
+        _report_build(rep, as_json)
+
+    return index_add
 
 
-@index_app.command("remove")
 def index_remove(
     index_dir: Path = typer.Argument(..., help="Index directory."),
     motion: list[int] = typer.Option(..., "--motion", help="Motion ids to remove."),
@@ -258,7 +277,6 @@ def index_remove(
     _report_build(rep, as_json)
 
 
-@index_app.command("sync")
 def index_sync(
     index_dir: Path = typer.Argument(..., help="Index directory."),
     corpus: Path | None = typer.Option(None, "--corpus", help="Default: the corpus the live version read."),
@@ -283,7 +301,6 @@ def index_sync(
     _report_build(rep, as_json)
 
 
-@index_app.command("verify")
 def index_verify(
     index_dir: Path = typer.Argument(..., help="Index directory."),
     corpus: Path | None = typer.Option(None, "--corpus", help="Also compare with this corpus."),
@@ -291,7 +308,7 @@ def index_verify(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Check the live version: file checksums, then FAISS <-> SQL <-> Arrow consistency. Exit 1 on problems."""
-    from indexer.build import verify
+    from indexer.verify import verify
 
     store = _open_corpus(corpus) if corpus else None
     rep = verify(index_dir, corpus=store, deep=not quick)
@@ -308,13 +325,12 @@ def index_verify(
         raise typer.Exit(1)
 
 
-@index_app.command("info")
 def index_info_cmd(
     index_dir: Path = typer.Argument(..., help="Index directory."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The live version's manifest summary and every version."""
-    from indexer.build import index_info
+    from indexer.versions import index_info
 
     info = index_info(index_dir)
     if as_json:
@@ -331,20 +347,36 @@ def index_info_cmd(
         typer.echo(f"  {v.version}  {state:10s} {v.op or '-':6s} {v.n_chunks or '-'} chunks  {v.created_utc or ''}")
 
 
-@index_app.command("prune")
 def index_prune(
     index_dir: Path = typer.Argument(..., help="Index directory."),
     keep: int = typer.Option(2, "--keep", help="Complete versions to keep (the live one always stays)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Delete old versions and unfinished builds."""
-    from indexer.build import prune_versions
+    from indexer.versions import prune_versions
 
     removed = prune_versions(index_dir, keep=keep)
     if as_json:
         _print_json({"removed": removed})
     else:
         typer.echo(f"removed versions: {', '.join(removed) or 'none'}")
+
+
+def make_index_app(motion_feature_factory: MotionFeatureFactory | None = None) -> typer.Typer:
+    """The `engine index ...` sub-app. `motion_feature_factory` serves `--localizer RUN` (build, add):
+    it gives the function whose output the index caches per motion and the localizer's sha256, recorded
+    in the manifest; without one, `--localizer` is refused."""
+    app = typer.Typer(help="Build, update and check the FAISS chunk index.", no_args_is_help=True)
+    features = _LocalizerFeatures(motion_feature_factory)
+    app.command("build")(_build_command(features))
+    app.command("rebuild")(index_rebuild)
+    app.command("add")(_add_command(features))
+    app.command("remove")(index_remove)
+    app.command("sync")(index_sync)
+    app.command("verify")(index_verify)
+    app.command("info")(index_info_cmd)
+    app.command("prune")(index_prune)
+    return app
 
 
 def train_retrieval_cmd(

@@ -1,27 +1,37 @@
-"""The manifest of an index version, file checksums, and the atomic CURRENT pointer.
+"""The manifest of an index version, the names of its files, file checksums, and the atomic CURRENT pointer.
 
 Layout of an index directory::
 
     INDEX_DIR/
       CURRENT                  the name of the live version (one line), replaced atomically
       .lock                    held (flock) while a build runs
-      versions/<v>/            one self-describing version (see indexer/build.py for its files)
-        manifest.json          written last: a version without it is an unfinished build
+      versions/<v>/            one self-describing version:
+        build.json             what this version is a build of (op, base version, config, model, motion
+                               list); an unfinished build with the same build.json is resumed, not restarted
+        model.pt               the retrieval model the chunks were embedded with (queries must use it)
+        chunks.sqlite          tables `motions` and `chunks` (chunk_id = FAISS id = SQL key)
+        embeddings.arrow       chunk_id, motion_id, vector (unit float32), sorted by chunk_id
+        index.faiss            FAISS IndexIDMap2 over Flat | IVF-Flat | HNSW | IVF-PQ, inner product
+        motion_features.arrow  optional: per-motion features from a caller's `motion_feature_fn`
+        manifest.json          written last (a version without it is an unfinished build): config, model
+                               fingerprint, localizer, dims, metric, counts, sha256 of every other file,
+                               recall of the FAISS index against exact search
 
-The manifest lists the sha256 and size of every other file of its version; no index file is handed to
-FAISS (or SQLite, or torch) before its checksum matches.
+The build stages that write these files are in indexer/stages.py. The manifest lists the sha256 and size
+of every other file of its version; no index file is handed to FAISS (or SQLite, or torch) before its
+checksum matches (indexer/verify.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.corpus import io as corpus_io
 from engine.corpus.io import atomic_write_bytes, atomic_write_text, fsync_dir, fsync_file  # noqa: F401 (re-exported)
 from engine.corpus.types import CorpusError
 
@@ -30,6 +40,15 @@ MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 VERSIONS = "versions"
 KIND = "motion-chunk-index"
+# The files of a version directory (see the layout above) and its build's scratch folders.
+BUILD_JSON = "build.json"
+MODEL_FILE = "model.pt"
+CHUNKS_DB = "chunks.sqlite"
+EMBEDDINGS = "embeddings.arrow"
+FAISS_FILE = "index.faiss"
+MOTION_FEATURES = "motion_features.arrow"
+STAGE_DIR = "stages"
+EMBED_DIR = "embed"
 
 
 @dataclass
@@ -47,6 +66,15 @@ class RecallReport:
     recall: float
     seconds_exact: float = 0.0
     seconds_index: float = 0.0
+
+
+@dataclass(frozen=True)
+class LocalizerRef:
+    """The localizer checkpoint an index was built with: its run directory (or file) and the sha256 of the
+    checkpoint that resolves to (`localizer.fingerprint.localizer_fingerprint`)."""
+
+    path: str
+    sha256: str
 
 
 @dataclass
@@ -68,6 +96,7 @@ class Manifest:
     build: dict[str, Any] = field(default_factory=dict)  # op, base_version, seconds, embedded, reused
     recall: RecallReport | None = None
     motion_feature_tag: str | None = None
+    localizer: LocalizerRef | None = None  # None: built without a localizer (and in manifests before it)
     created_utc: str = ""
     format_version: int = FORMAT_VERSION
     kind: str = KIND
@@ -87,6 +116,8 @@ class Manifest:
             d["files"] = {k: FileEntry(**v) for k, v in d["files"].items()}
             if d.get("recall") is not None:
                 d["recall"] = RecallReport(**d["recall"])
+            if d.get("localizer") is not None:
+                d["localizer"] = LocalizerRef(**d["localizer"])
             known = {f.name for f in dataclasses.fields(cls)}
             return cls(**{k: v for k, v in d.items() if k in known})
         except (KeyError, TypeError) as e:
@@ -109,19 +140,34 @@ class Manifest:
         return cls.from_dict(d, str(path))
 
 
-def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> FileEntry:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            h.update(chunk)
-            n += len(chunk)
-    return FileEntry(h.hexdigest(), n)
+def sha256_file(path: str | os.PathLike) -> FileEntry:
+    """The manifest entry (sha256, size) of a file."""
+    d = corpus_io.sha256_file(path)
+    return FileEntry(d.sha256, d.n_bytes)
 
 
-def sha256_bytes(data: bytes) -> FileEntry:
-    return FileEntry(hashlib.sha256(data).hexdigest(), len(data))
+def checksum_problem(name: str, entry: FileEntry, got: FileEntry) -> str | None:
+    """The problem line of a file whose (sha256, size) `got` differs from its manifest entry, else None."""
+    if got == entry:
+        return None
+    return (f"{name}: checksum mismatch (manifest sha256 {entry.sha256[:12]}…, {entry.bytes} bytes; "
+            f"file {got.sha256[:12]}…, {got.bytes} bytes)")
 
+
+def read_checked(path: str | os.PathLike, entry: FileEntry) -> tuple[bytes | None, str | None]:
+    """(bytes, None) when a file matches its manifest entry, else (None, the problem). The file is read once,
+    so there is no window between the check and the use of the bytes."""
+    d = corpus_io.sha256_file(path, keep_data=True)
+    problem = checksum_problem(Path(path).name, entry, FileEntry(d.sha256, d.n_bytes))
+    return (None, problem) if problem else (d.data or b"", None)
+
+
+def read_verified(path: str | os.PathLike, entry: FileEntry) -> bytes:
+    """A file's bytes, only if they match its manifest entry (else CorpusError naming the file)."""
+    data, problem = read_checked(path, entry)
+    if data is None:
+        raise CorpusError(str(path), f"{problem}; refusing to load")
+    return data
 
 
 def read_current(index_dir: str | os.PathLike) -> str | None:

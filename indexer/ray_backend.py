@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.build import EmbedBackend, EmbedJob, embed_chunks, feature_reader
 from indexer.chunks import ChunkSpan
+from indexer.embed import EmbedBackend, EmbedJob, embed_chunks, feature_reader
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,9 @@
 - `localizer.model`: `MLPConfig`, `MLPLocalizer` (encode_motion / forward / localize), `mlp_loss`.
 - `localizer.config`: `LocalizerConfig`, `TrainConfig`, `PRESETS`, `VARIANTS`, `make_config`.
 - `localizer.train`: `train_localizer`, `load_localizer`, `evaluate`, `time_steps`.
-- `localizer.infer`: `Localizer` (encode_motions, localize, distributions), `EncodedMotion`, `LocalizedSpan`.
+- `localizer.infer`: `Localizer` (encode_motions, localize, distributions, fingerprint), `EncodedMotion`,
+  `LocalizedSpan`.
+- `localizer.fingerprint`: `resolve_checkpoint(run_dir)`, `localizer_fingerprint(run_dir)` (checkpoint sha256).
 - `localizer.decode`: exact joint decoding, top-m with temporal NMS, snippet <-> seconds.
 - `localizer.data`, `localizer.snippets`: pairs, ground truth, text cache, batches; Joint Recover + pooling.
 

@@ -3,6 +3,7 @@
     loc = Localizer.load("runs/mlp-small", device="cpu")          # or device="cuda", bf16=True
     enc = loc.encode_motions([store.features(mid) for mid in ids], fps=[...], motion_ids=ids)   # cacheable
     spans = loc.localize("a person waves", enc, top_m=3)          # list (per motion) of LocalizedSpan
+    loc.fingerprint()                                             # sha256 of the checkpoint it was loaded from
 
 `encode_motions` runs the query-independent part (Joint Recover, pooling, S-Enc) and returns one
 `EncodedMotion` (T x d float32 + duration) per motion, which an index can store and feed back later;
@@ -24,6 +25,7 @@ import torch
 from localizer.config import LocalizerConfig
 from localizer.data import pad_snippets, snippet_motion
 from localizer.decode import decode_best, decode_top, index_to_seconds, max_len_snippets
+from localizer.fingerprint import localizer_fingerprint, resolve_checkpoint
 from localizer.model import MLPLocalizer
 from localizer.train import autocast, load_localizer, resolve_device
 
@@ -71,8 +73,10 @@ class Localizer:
     """A trained MLP localizer with its text encoder; batched, cache-friendly inference."""
 
     def __init__(self, model: MLPLocalizer, config: LocalizerConfig, device: str | torch.device | None = "cpu",
-                 bf16: bool = False, text_encoder=None, text_cache_size: int = 1024):
+                 bf16: bool = False, text_encoder=None, text_cache_size: int = 1024,
+                 checkpoint: str | Path | None = None):
         self.device = resolve_device(device)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None  # the file it was loaded from
         self.model = model.to(self.device).eval()
         self.config = config
         self.bf16 = bf16
@@ -85,7 +89,14 @@ class Localizer:
              text_encoder=None) -> Localizer:
         """From a run directory (best.pt, else last.pt) or a checkpoint file."""
         model, config = load_localizer(path, device=device)
-        return cls(model, config, device=device, bf16=bf16, text_encoder=text_encoder)
+        return cls(model, config, device=device, bf16=bf16, text_encoder=text_encoder,
+                   checkpoint=resolve_checkpoint(path))
+
+    def fingerprint(self) -> str:
+        """sha256 of the checkpoint this localizer was loaded from (what an index records as its localizer)."""
+        if self.checkpoint is None:
+            raise ValueError("this Localizer was not loaded from a checkpoint file, so it has no fingerprint")
+        return localizer_fingerprint(self.checkpoint)
 
     @property
     def n_snippets(self) -> int:

@@ -38,6 +38,7 @@ import torch
 from localizer.config import LocalizerConfig, make_config
 from localizer.data import LocalizerData, PairSet, TextCache, collate, input_statistics, load_data
 from localizer.decode import decode_best, index_to_seconds, temporal_iou
+from localizer.fingerprint import resolve_checkpoint
 from localizer.model import MLPLocalizer, mlp_loss
 
 log = logging.getLogger(__name__)
@@ -174,21 +175,9 @@ def evaluate(model: MLPLocalizer, pairset: PairSet, text_cache: TextCache, batch
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _resolve_ckpt(path: str | Path) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (p / name).exists():
-                return p / name
-        raise FileNotFoundError(f"{p}: no best.pt or last.pt (train with `engine train localizer --run {p}`)")
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such checkpoint")
-    return p
-
-
 def load_localizer(path: str | Path, device: str | torch.device | None = "cpu") -> tuple[MLPLocalizer, LocalizerConfig]:
     """(model in eval mode, config) from a run directory (best.pt, else last.pt) or a checkpoint file."""
-    ckpt_path = _resolve_ckpt(path)
+    ckpt_path = resolve_checkpoint(path)
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         config = LocalizerConfig.from_dict(ckpt["config"])

@@ -1,7 +1,7 @@
 """Shared fixtures.
 
 - `pipeline`: a tiny real pipeline (synth corpus -> localizer trained 1 epoch -> random retrieval model ->
-  FAISS index with the localizer cache), built once per session: (corpus_dir, index_dir, localizer_run_dir);
+  FAISS index with the localizer cache, its manifest naming the localizer), built once per session: (corpus_dir, index_dir, localizer_run_dir);
   `searcher` a Searcher over it.
 - `db_url`: the corpus store's metadata database, parametrized: None (SQLite in the corpus directory) and a
   fresh database on the PostgreSQL server named by ENGINE_TEST_PG_URL (scripts/test.sh starts one). Without
@@ -57,7 +57,9 @@ def pipeline(tmp_path_factory):
     from engine.corpus import synth
     from engine.corpus.store import CorpusStore
     from engine.home import localizer_feature_fn
-    from indexer.build import IndexConfig, build_index
+    from indexer.build import build_index
+    from indexer.config import IndexConfig
+    from indexer.manifest import LocalizerRef
     from indexer.model import RetrievalConfig, RetrievalModel
     from localizer.config import make_config
     from localizer.train import train_localizer
@@ -72,7 +74,8 @@ def pipeline(tmp_path_factory):
     model = RetrievalModel.random(RetrievalConfig(d_model=32, n_layers=1, n_heads=2, ff_dim=64, embed_dim=32), seed=0)
     fn, tag = localizer_feature_fn(loc_run)
     index = root / "index"
-    build_index(corpus, index, model, IndexConfig(), motion_feature_fn=fn, motion_feature_tag=tag)
+    build_index(corpus, index, model, IndexConfig(), motion_feature_fn=fn, motion_feature_tag=tag,
+                localizer=LocalizerRef(str(loc_run), tag))
     return corpus, index, loc_run
 
 

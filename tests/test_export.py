@@ -282,7 +282,8 @@ def test_cli_export_bad_input(corpus, store, tmp_path):
 def test_cli_export_from_an_index(tmp_path):
     """--index reads the corpus the index was built from (its manifest)."""
     from engine.cli import app
-    from indexer.build import IndexConfig, build_index
+    from indexer.build import build_index
+    from indexer.config import IndexConfig
     from indexer.model import RetrievalConfig, RetrievalModel
 
     corpus = tmp_path / "c"

@@ -8,14 +8,21 @@ import shutil
 import numpy as np
 import pytest
 
-import indexer.build as B
+import indexer.stages as stages
 from engine.corpus.store import CorpusStore
 from engine.corpus.types import Annotation, CorpusError, Motion
+from indexer.build import add_to_index, build_index, rebuild_index, remove_from_index, sync_index
+from indexer.chunks import chunk_window, plan_chunks
+from indexer.config import IndexConfig
+from indexer.faiss_index import exact_topk
+from indexer.index import open_index
 from indexer.manifest import read_current, sha256_file, version_dir
 from indexer.model import RetrievalConfig, RetrievalModel
+from indexer.verify import verify
+from indexer.versions import index_info, prune_versions
 
 TINY = RetrievalConfig(d_model=32, n_layers=1, n_heads=2, ff_dim=64, embed_dim=16, text_hidden=None)
-SMALL_BLOCKS = B.IndexConfig(block_chunks=32)
+SMALL_BLOCKS = IndexConfig(block_chunks=32)
 
 
 def _random_walk(i: int, n_frames: int, fps: float = 20.0, split: str = "test") -> Motion:
@@ -50,7 +57,7 @@ def _queries(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
 
 def _same_index(dir_a, dir_b) -> None:
     """Two index directories hold the same chunks, embeddings and search results."""
-    a, b = B.open_index(dir_a), B.open_index(dir_b)
+    a, b = open_index(dir_a), open_index(dir_b)
     for col in ("chunk_id", "motion_id", "start_frame", "end_frame", "start_s", "end_s"):
         np.testing.assert_array_equal(getattr(a.table, col), getattr(b.table, col))
     assert a.motions == b.motions
@@ -65,18 +72,18 @@ def _same_index(dir_a, dir_b) -> None:
 
 # ---------------------------------------------------------------------------------------------- search
 def test_flat_search_equals_brute_force(corpus, model, tmp_path):
-    rep = B.build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS)
-    n_chunks = sum(len(B.plan_chunks(0, n, fps)) for n, fps in LENGTHS)
+    rep = build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS)
+    n_chunks = sum(len(plan_chunks(0, n, fps)) for n, fps in LENGTHS)
     assert rep.n_chunks == n_chunks and rep.n_motions == len(LENGTHS) and rep.n_embedded == n_chunks
     assert rep.recall.recall == 1.0 and rep.stages_run == ["plan", "chunk", "embed", "write", "publish"]
-    index = B.open_index(tmp_path / "idx")
+    index = open_index(tmp_path / "idx")
     import faiss
 
     assert faiss.cvar.distance_compute_blas_threshold <= 16  # batch searches take the BLAS path
     emb = index.embeddings()
     q = _queries(64)
     scores, ids = index.search(q, 20)
-    exact_s, exact_pos = B.exact_topk(q, emb.vectors, 20)
+    exact_s, exact_pos = exact_topk(q, emb.vectors, 20)
     np.testing.assert_allclose(scores, exact_s, atol=1e-5)
     gaps_ok = np.abs(np.diff(exact_s, axis=1)) > 1e-5  # ids may swap only between near-equal scores
     assert np.all((ids == emb.chunk_ids[exact_pos])[:, :-1] | ~gaps_ok)
@@ -105,30 +112,30 @@ def test_flat_search_equals_brute_force(corpus, model, tmp_path):
 
 
 def test_index_model_encodes_queries_like_the_build(corpus, model, tmp_path):
-    B.build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS)
-    index = B.open_index(tmp_path / "idx")
+    build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS)
+    index = open_index(tmp_path / "idx")
     loaded = index.load_model()
     assert loaded.fingerprint() == model.fingerprint() == index.manifest.model_fingerprint
     mid = index.table.motion_id[5]
     row = 5
-    span = B.plan_chunks(int(mid), index.motions[int(mid)].n_frames, index.motions[int(mid)].fps)[
+    span = plan_chunks(int(mid), index.motions[int(mid)].n_frames, index.motions[int(mid)].fps)[
         int(index.table.chunk_index[row])]
-    w = B.chunk_window(corpus.features(int(mid)), span, index.motions[int(mid)].fps, TINY.fps)
+    w = chunk_window(corpus.features(int(mid)), span, index.motions[int(mid)].fps, TINY.fps)
     np.testing.assert_allclose(loaded.encode_motion([w])[0], index.embeddings().vectors[row], atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
 def test_approximate_kinds_report_recall_and_verify(corpus, model, tmp_path, kind):
-    rep = B.build_index(corpus, tmp_path / kind, model, B.IndexConfig(kind=kind, recall_queries=64))
+    rep = build_index(corpus, tmp_path / kind, model, IndexConfig(kind=kind, recall_queries=64))
     assert rep.recall is not None and 0.0 <= rep.recall.recall <= 1.0 and rep.recall.k == 10
-    assert B.verify(tmp_path / kind).ok
-    index = B.open_index(tmp_path / kind)
+    assert verify(tmp_path / kind).ok
+    index = open_index(tmp_path / kind)
     assert index.manifest.faiss_kind == kind
     q = _queries(8)
     emb = index.embeddings()
     if kind == "ivf":  # probing every list is exact
         _, ids = index.search(q, 5, nprobe=10_000)
-        _, exact_pos = B.exact_topk(q, emb.vectors, 5)
+        _, exact_pos = exact_topk(q, emb.vectors, 5)
         np.testing.assert_array_equal(ids, emb.chunk_ids[exact_pos])
     if kind != "ivfpq":
         assert rep.recall.recall >= 0.9
@@ -138,39 +145,39 @@ def test_approximate_kinds_report_recall_and_verify(corpus, model, tmp_path, kin
 
 # ---------------------------------------------------------------------------------------------- incremental
 def test_add_and_remove_equal_a_full_rebuild(corpus, model, tmp_path):
-    B.build_index(corpus, tmp_path / "inc", model, SMALL_BLOCKS)
+    build_index(corpus, tmp_path / "inc", model, SMALL_BLOCKS)
     new = corpus.add_motions([_random_walk(100, 333), _random_walk(101, 15), _random_walk(102, 1200)])
-    added = B.add_to_index(tmp_path / "inc", corpus)
-    new_chunks = sum(len(B.plan_chunks(0, n, 20.0)) for n in (333, 15, 1200))
+    added = add_to_index(tmp_path / "inc", corpus)
+    new_chunks = sum(len(plan_chunks(0, n, 20.0)) for n in (333, 15, 1200))
     assert added.op == "add" and added.version == "000002" and added.n_embedded == new_chunks
     assert added.n_reused == added.n_chunks - new_chunks
-    B.build_index(corpus, tmp_path / "full", model, SMALL_BLOCKS)
+    build_index(corpus, tmp_path / "full", model, SMALL_BLOCKS)
     _same_index(tmp_path / "inc", tmp_path / "full")
 
     gone = [new.motion_ids[1], 4]
-    removed = B.remove_from_index(tmp_path / "inc", gone)
+    removed = remove_from_index(tmp_path / "inc", gone)
     assert removed.n_embedded == 0 and removed.version == "000003"
     corpus.remove_motions(gone)
-    B.build_index(corpus, tmp_path / "full2", model, SMALL_BLOCKS)
+    build_index(corpus, tmp_path / "full2", model, SMALL_BLOCKS)
     _same_index(tmp_path / "inc", tmp_path / "full2")
-    assert B.verify(tmp_path / "inc", corpus=corpus).ok
+    assert verify(tmp_path / "inc", corpus=corpus).ok
 
     # Nothing new: the live version is already the answer.
-    again = B.add_to_index(tmp_path / "inc", corpus)
+    again = add_to_index(tmp_path / "inc", corpus)
     assert again.up_to_date and again.version == "000003"
-    info = B.index_info(tmp_path / "inc")
+    info = index_info(tmp_path / "inc")
     assert info.current == "000003" and [v.op for v in info.versions] == ["full", "add", "remove"]
-    assert B.prune_versions(tmp_path / "inc", keep=1) == ["000001", "000002"]
-    assert B.verify(tmp_path / "inc").ok
+    assert prune_versions(tmp_path / "inc", keep=1) == ["000001", "000002"]
+    assert verify(tmp_path / "inc").ok
 
 
 def test_sync_adds_and_removes_in_one_version(corpus, model, tmp_path):
-    B.build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS)
+    build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS)
     corpus.remove_motions([2])
     corpus.add_motions([_random_walk(200, 260)])
-    rep = B.sync_index(tmp_path / "idx", corpus)
-    assert rep.op == "sync" and rep.n_embedded == len(B.plan_chunks(0, 260, 20.0))
-    B.build_index(corpus, tmp_path / "full", model, SMALL_BLOCKS)
+    rep = sync_index(tmp_path / "idx", corpus)
+    assert rep.op == "sync" and rep.n_embedded == len(plan_chunks(0, 260, 20.0))
+    build_index(corpus, tmp_path / "full", model, SMALL_BLOCKS)
     _same_index(tmp_path / "idx", tmp_path / "full")
 
 
@@ -181,21 +188,21 @@ def test_motion_features_cached_and_reused(corpus, model, tmp_path):
         calls.append(len(features))
         return np.stack([features.mean(0), features.std(0)])  # (2, 263)
 
-    B.build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS, motion_feature_fn=summary,
+    build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS, motion_feature_fn=summary,
                   motion_feature_tag="summary-v1")
     assert len(calls) == len(LENGTHS)
-    index = B.open_index(tmp_path / "idx")
+    index = open_index(tmp_path / "idx")
     np.testing.assert_allclose(index.motion_features(3), summary(np.asarray(corpus.features(3))), rtol=1e-6)
     assert index.motion_features(9999) is None and index.manifest.motion_feature_tag == "summary-v1"
     calls.clear()
     corpus.add_motions([_random_walk(300, 99)])
     with pytest.raises(CorpusError, match="motion_feature_fn"):
-        B.add_to_index(tmp_path / "idx", corpus)
-    B.add_to_index(tmp_path / "idx", corpus, motion_feature_fn=summary, motion_feature_tag="summary-v1")
+        add_to_index(tmp_path / "idx", corpus)
+    add_to_index(tmp_path / "idx", corpus, motion_feature_fn=summary, motion_feature_tag="summary-v1")
     assert calls == [98]  # only the new motion
-    B.remove_from_index(tmp_path / "idx", [1])  # needs no function: every remaining motion is re-used
-    assert B.open_index(tmp_path / "idx").motion_features(1) is None
-    assert B.verify(tmp_path / "idx").ok
+    remove_from_index(tmp_path / "idx", [1])  # needs no function: every remaining motion is re-used
+    assert open_index(tmp_path / "idx").motion_features(1) is None
+    assert verify(tmp_path / "idx").ok
 
 
 # ---------------------------------------------------------------------------------------------- crashes
@@ -205,9 +212,9 @@ class Killed(RuntimeError):
 
 def test_killed_embed_leaves_old_version_live_and_resumes(corpus, model, tmp_path, monkeypatch):
     idx = tmp_path / "idx"
-    B.build_index(corpus, idx, model, SMALL_BLOCKS)
+    build_index(corpus, idx, model, SMALL_BLOCKS)
     corpus.add_motions([_random_walk(400 + i, 700) for i in range(3)])
-    real = B._embed_block
+    real = stages.embed_block
     calls = []
 
     def dies_on_third_block(b, spans, features_of):
@@ -216,49 +223,49 @@ def test_killed_embed_leaves_old_version_live_and_resumes(corpus, model, tmp_pat
             raise Killed("simulated kill in the embed stage")
         return real(b, spans, features_of)
 
-    monkeypatch.setattr(B, "_embed_block", dies_on_third_block)
+    monkeypatch.setattr(stages, "embed_block", dies_on_third_block)
     with pytest.raises(Killed):
-        B.add_to_index(idx, corpus)
+        add_to_index(idx, corpus)
     assert read_current(idx) == "000001"
-    rep = B.verify(idx)
+    rep = verify(idx)
     assert rep.ok and rep.version == "000001" and any("unfinished" in w for w in rep.warnings)
-    assert len(B.open_index(idx)) == len(B.open_index(idx).table)  # the old version still loads
+    assert len(open_index(idx)) == len(open_index(idx).table)  # the old version still loads
 
-    monkeypatch.setattr(B, "_embed_block", real)
-    resumed = B.add_to_index(idx, corpus)
-    new_chunks = 3 * len(B.plan_chunks(0, 700, 20.0))
+    monkeypatch.setattr(stages, "embed_block", real)
+    resumed = add_to_index(idx, corpus)
+    new_chunks = 3 * len(plan_chunks(0, 700, 20.0))
     assert resumed.resumed and resumed.version == "000002"
     assert resumed.stages_run[0] == "embed" and resumed.n_embedded == new_chunks - 2 * 32
-    assert B.verify(idx).ok and not B.verify(idx).warnings
-    B.build_index(corpus, tmp_path / "full", model, SMALL_BLOCKS)
+    assert verify(idx).ok and not verify(idx).warnings
+    build_index(corpus, tmp_path / "full", model, SMALL_BLOCKS)
     _same_index(idx, tmp_path / "full")
 
 
 @pytest.mark.parametrize("where", ["make_faiss_index", "set_current"])
 def test_killed_write_or_publish_resumes_without_reembedding(corpus, model, tmp_path, monkeypatch, where):
     idx = tmp_path / "idx"
-    B.build_index(corpus, idx, model, SMALL_BLOCKS)
+    build_index(corpus, idx, model, SMALL_BLOCKS)
 
     def boom(*a, **k):
         raise Killed(where)
 
-    monkeypatch.setattr(B, where, boom)
+    monkeypatch.setattr(stages, where, boom)
     with pytest.raises(Killed):
-        B.build_index(corpus, idx, model, B.IndexConfig(block_chunks=32, kind="ivf"))
-    assert read_current(idx) == "000001" and B.verify(idx).ok
+        build_index(corpus, idx, model, IndexConfig(block_chunks=32, kind="ivf"))
+    assert read_current(idx) == "000001" and verify(idx).ok
     monkeypatch.undo()
-    rep = B.build_index(corpus, idx, model, B.IndexConfig(block_chunks=32, kind="ivf"))
+    rep = build_index(corpus, idx, model, IndexConfig(block_chunks=32, kind="ivf"))
     assert rep.resumed and rep.n_embedded == 0 and rep.version == "000002"
     assert rep.stages_run == (["write", "publish"] if where == "make_faiss_index" else ["publish"])
-    assert B.verify(idx).ok and B.open_index(idx).manifest.faiss_kind == "ivf"
+    assert verify(idx).ok and open_index(idx).manifest.faiss_kind == "ivf"
 
 
 def test_same_build_twice_is_up_to_date_and_force_rebuilds(corpus, model, tmp_path):
-    B.build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS)
-    assert B.build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS).up_to_date
-    rep = B.rebuild_index(tmp_path / "idx")  # corpus, model and config from the live version
+    build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS)
+    assert build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS).up_to_date
+    rep = rebuild_index(tmp_path / "idx")  # corpus, model and config from the live version
     assert rep.version == "000002" and not rep.up_to_date and rep.n_embedded == rep.n_chunks
-    v1, v2 = B.open_index(tmp_path / "idx", version="000001"), B.open_index(tmp_path / "idx")
+    v1, v2 = open_index(tmp_path / "idx", version="000001"), open_index(tmp_path / "idx")
     assert v2.version == "000002"
     np.testing.assert_array_equal(v1.embeddings().chunk_ids, v2.embeddings().chunk_ids)
     np.testing.assert_allclose(v1.embeddings().vectors, v2.embeddings().vectors, atol=1e-6)
@@ -268,53 +275,53 @@ def test_same_build_twice_is_up_to_date_and_force_rebuilds(corpus, model, tmp_pa
 @pytest.mark.parametrize("victim", ["index.faiss", "chunks.sqlite", "embeddings.arrow", "model.pt"])
 def test_corrupted_file_is_detected_and_refused(corpus, model, tmp_path, victim):
     idx = tmp_path / "idx"
-    B.build_index(corpus, idx, model, SMALL_BLOCKS)
+    build_index(corpus, idx, model, SMALL_BLOCKS)
     path = version_dir(idx, read_current(idx)) / victim
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    rep = B.verify(idx)
+    rep = verify(idx)
     assert not rep.ok and any(victim in p and "checksum" in p for p in rep.problems)
     with pytest.raises(CorpusError, match="refusing to load"):
-        B.open_index(idx)
+        open_index(idx)
 
 
 def test_verify_checks_consistency_beyond_checksums(corpus, model, tmp_path):
     """A version whose files match their manifest but disagree with each other (e.g. a FAISS file
     from another build, re-hashed) is reported by the deep checks."""
-    B.build_index(corpus, tmp_path / "a", model, SMALL_BLOCKS)
+    build_index(corpus, tmp_path / "a", model, SMALL_BLOCKS)
     corpus.remove_motions([1])
-    B.build_index(corpus, tmp_path / "b", model, SMALL_BLOCKS)
+    build_index(corpus, tmp_path / "b", model, SMALL_BLOCKS)
     va, vb = version_dir(tmp_path / "a", "000001"), version_dir(tmp_path / "b", "000001")
     shutil.copyfile(vb / "index.faiss", va / "index.faiss")
     man = json.loads((va / "manifest.json").read_text())
     e = sha256_file(va / "index.faiss")
     man["files"]["index.faiss"] = {"sha256": e.sha256, "bytes": e.bytes}
     (va / "manifest.json").write_text(json.dumps(man))
-    rep = B.verify(tmp_path / "a")
+    rep = verify(tmp_path / "a")
     assert not rep.ok and any("FAISS" in p for p in rep.problems)
-    assert B.verify(tmp_path / "a", deep=False).ok
+    assert verify(tmp_path / "a", deep=False).ok
 
 
 def test_missing_or_bad_pointer_and_manifest(tmp_path, corpus, model):
-    assert not B.verify(tmp_path / "none").ok
+    assert not verify(tmp_path / "none").ok
     with pytest.raises(FileNotFoundError, match="no CURRENT"):
-        B.open_index(tmp_path / "none")
-    B.build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS)
+        open_index(tmp_path / "none")
+    build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS)
     vdir = version_dir(tmp_path / "idx", "000001")
     (vdir / "manifest.json").write_text("{not json")
-    rep = B.verify(tmp_path / "idx")
+    rep = verify(tmp_path / "idx")
     assert not rep.ok and "unreadable manifest" in rep.problems[0]
     with pytest.raises(CorpusError, match="manifest"):
-        B.open_index(tmp_path / "idx")
+        open_index(tmp_path / "idx")
     (tmp_path / "idx" / "CURRENT").write_text("../../etc\n")
-    assert not B.verify(tmp_path / "idx").ok
+    assert not verify(tmp_path / "idx").ok
 
 
 def test_bad_config_and_empty_corpus(tmp_path, model):
     with pytest.raises(ValueError, match="kind"):
-        B.IndexConfig(kind="annoy")
+        IndexConfig(kind="annoy")
     empty = CorpusStore.open(tmp_path / "empty")
     with pytest.raises(CorpusError, match="no motions"):
-        B.build_index(empty, tmp_path / "idx", model)
+        build_index(empty, tmp_path / "idx", model)
     empty.close()

@@ -10,11 +10,11 @@ from typer.testing import CliRunner
 
 from engine.corpus.store import CorpusStore
 from engine.corpus.types import Annotation, Motion
-from indexer.cli import eval_retrieval_cmd, index_app, train_retrieval_cmd
+from indexer.cli import eval_retrieval_cmd, make_index_app, train_retrieval_cmd
 from indexer.model import RetrievalConfig, RetrievalModel
 
 app = typer.Typer()
-app.add_typer(index_app, name="index")
+app.add_typer(make_index_app(), name="index")
 train_app = typer.Typer()
 train_app.command("retrieval")(train_retrieval_cmd)
 eval_app = typer.Typer()

@@ -15,11 +15,15 @@ from typer.testing import CliRunner
 pytest.importorskip("ray", reason="ray is not installed (pip install 'motion-search-engine[ray]')")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'motion-search-engine[ray]')")
 
-import indexer.build as B  # noqa: E402
+import indexer.stages as stages  # noqa: E402
 from engine.corpus.types import Moment  # noqa: E402
 from engine.request import SearchRequest  # noqa: E402
-from indexer.manifest import Manifest, read_current, version_dir  # noqa: E402
+from indexer.build import build_index, remove_from_index  # noqa: E402
+from indexer.config import IndexConfig  # noqa: E402
+from indexer.index import open_index  # noqa: E402
+from indexer.manifest import EMBEDDINGS, FAISS_FILE, Manifest, read_current, version_dir  # noqa: E402
 from indexer.model import RetrievalConfig, RetrievalModel  # noqa: E402
+from indexer.verify import verify  # noqa: E402
 
 runner = CliRunner()
 SMALL = RetrievalConfig(d_model=32, n_layers=1, n_heads=2, ff_dim=64, embed_dim=32)
@@ -51,10 +55,10 @@ def tiny(tmp_path_factory):
     return root / "corpus", root / "model.pt", root
 
 
-def _local(tiny, config: B.IndexConfig):
+def _local(tiny, config: IndexConfig):
     corpus, model, root = tiny
     out = root / f"local-{config.block_chunks}"
-    B.build_index(corpus, out, RetrievalModel.load(model), config)
+    build_index(corpus, out, RetrievalModel.load(model), config)
     return out
 
 
@@ -65,13 +69,13 @@ def _comparable(man: Manifest) -> dict:
     d["build"].pop("embed_backend")
     for key in ("seconds_exact", "seconds_index"):
         d["recall"].pop(key)
-    for name in (B.EMBEDDINGS, B.FAISS_FILE):
+    for name in (EMBEDDINGS, FAISS_FILE):
         d["files"][name].pop("sha256")
     return d
 
 
 def _assert_same_index(a_dir, b_dir) -> None:
-    a, b = B.open_index(a_dir), B.open_index(b_dir)
+    a, b = open_index(a_dir), open_index(b_dir)
     for col in ("chunk_id", "motion_id", "chunk_index", "start_frame", "end_frame", "start_s", "end_s"):
         np.testing.assert_array_equal(getattr(a.table, col), getattr(b.table, col))
     assert a.motions == b.motions
@@ -86,14 +90,14 @@ def _assert_same_index(a_dir, b_dir) -> None:
     np.testing.assert_array_equal(ia, ib)
     np.testing.assert_allclose(sa, sb, atol=1e-5)
     assert _comparable(a.manifest) == _comparable(b.manifest)
-    assert B.verify(b_dir).ok
+    assert verify(b_dir).ok
 
 
 def test_cli_ray_build_equals_local_build(ray_cluster, tiny, tmp_path):
     from engine.cli import app
 
     corpus, model, _ = tiny
-    local = _local(tiny, B.IndexConfig())
+    local = _local(tiny, IndexConfig())
     r = runner.invoke(app, ["index", "build", "--corpus", str(corpus), "--out", str(tmp_path / "ray"),
                             "--model", str(model), "--backend", "ray", "--json"])
     assert r.exit_code == 0, r.output
@@ -108,10 +112,10 @@ def test_killed_local_build_resumes_on_ray(ray_cluster, tiny, tmp_path, monkeypa
     from indexer.ray_backend import RayEmbedBackend
 
     corpus, model_path, _ = tiny
-    config = B.IndexConfig(block_chunks=BLOCKS)  # 4 blocks; Ray tasks of 13 chunks straddle them
+    config = IndexConfig(block_chunks=BLOCKS)  # 4 blocks; Ray tasks of 13 chunks straddle them
     local = _local(tiny, config)
     model = RetrievalModel.load(model_path)
-    real, calls = B._embed_block, []
+    real, calls = stages.embed_block, []
 
     def dies_on_second_block(b, spans, features_of):
         calls.append(len(spans))
@@ -119,13 +123,13 @@ def test_killed_local_build_resumes_on_ray(ray_cluster, tiny, tmp_path, monkeypa
             raise RuntimeError("simulated kill in the embed stage")
         return real(b, spans, features_of)
 
-    monkeypatch.setattr(B, "_embed_block", dies_on_second_block)
+    monkeypatch.setattr(stages, "embed_block", dies_on_second_block)
     idx = tmp_path / "idx"
     with pytest.raises(RuntimeError, match="simulated kill"):
-        B.build_index(corpus, idx, model, config)
+        build_index(corpus, idx, model, config)
     assert read_current(idx) is None
-    monkeypatch.setattr(B, "_embed_block", real)
-    rep = B.build_index(corpus, idx, model, config, embed_backend=RayEmbedBackend())
+    monkeypatch.setattr(stages, "embed_block", real)
+    rep = build_index(corpus, idx, model, config, embed_backend=RayEmbedBackend())
     assert rep.resumed and rep.stages_run[0] == "embed" and rep.n_embedded == rep.n_chunks - BLOCKS
     _assert_same_index(local, idx)
 
@@ -212,8 +216,8 @@ def test_cli_ray_add_equals_local_add(ray_cluster, tiny, tmp_path):
     with CorpusStore.open(corpus, create=False) as store:
         ids = store.motion_ids()
     base = tmp_path / "base"
-    B.build_index(corpus, base, RetrievalModel.load(model), B.IndexConfig())
-    B.remove_from_index(base, ids[len(ids) // 2:])  # `add` puts these back
+    build_index(corpus, base, RetrievalModel.load(model), IndexConfig())
+    remove_from_index(base, ids[len(ids) // 2:])  # `add` puts these back
     shutil.copytree(base, tmp_path / "ray")
     shutil.copytree(base, tmp_path / "local")
     for name, extra in (("local", []), ("ray", ["--backend", "ray"])):

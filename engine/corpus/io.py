@@ -6,15 +6,19 @@
   error it is removed, so a failed write leaves nothing behind and never a half-written target.
 - `check_output_target(path, force)`: what a command may write to a user's `--out`: absent, or an
   existing regular file with `force`; never a symlink, FIFO, device or directory.
+- `sha256_file(path, keep_data=False)`: the one sha256-of-a-file helper (index checksums, checkpoint
+  fingerprints). Callers use it through this module (`io.sha256_file`), so one patch sees every file hash.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.corpus.types import EngineError
@@ -90,3 +94,27 @@ def check_output_target(path: str | os.PathLike, force: bool = False, flag: str 
     if not force:
         raise EngineError(str(p), f"{flag} exists; pass --force to overwrite it")
     return p
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """A file's sha256 and size; with `data`, the very bytes that were hashed (read once, so a caller that
+    uses them has no window between the check and the use)."""
+
+    sha256: str
+    n_bytes: int
+    data: bytes | None = None
+
+
+def sha256_file(path: str | os.PathLike, keep_data: bool = False, block: int = 1 << 22) -> FileDigest:
+    """sha256 of a file, streamed in blocks; `keep_data` also returns the bytes read."""
+    h = hashlib.sha256()
+    n = 0
+    parts: list[bytes] = []
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            h.update(chunk)
+            n += len(chunk)
+            if keep_data:
+                parts.append(chunk)
+    return FileDigest(h.hexdigest(), n, b"".join(parts) if keep_data else None)

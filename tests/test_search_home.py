@@ -1,0 +1,129 @@
+"""The Searcher takes its localizer from the index (and says when it is given another one); the built-in
+index is opened verified, and rebuilt when the shipped models are not the ones it was built with."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from engine.corpus import io as corpus_io
+from indexer.manifest import FileEntry, LocalizerRef, Manifest, read_current, version_dir
+from localizer.fingerprint import localizer_fingerprint
+
+
+# ---------------------------------------------------------------------------------------------- Searcher
+def test_searcher_defaults_to_the_index_localizer(pipeline):
+    from engine.search import Searcher
+
+    _, index, loc_run = pipeline
+    s = Searcher(index)
+    assert s.localizer.checkpoint == Path(loc_run) / "best.pt"
+    assert s.localizer.fingerprint() == localizer_fingerprint(loc_run)
+    assert s.localizer_matches_index and s.use_cache
+
+
+def test_searcher_with_another_localizer_says_so(pipeline, caplog):
+    from engine.home import default_localizer_path
+    from engine.search import Searcher
+
+    _, index, loc_run = pipeline
+    assert localizer_fingerprint(default_localizer_path()) != localizer_fingerprint(loc_run)
+    with caplog.at_level(logging.WARNING, logger="engine.search"):
+        s = Searcher(index, localizer=default_localizer_path())
+    assert not s.localizer_matches_index and not s.use_cache
+    assert any("differs from the one the index was built with" in r.getMessage() and str(loc_run) in r.getMessage()
+               for r in caplog.records)
+
+
+def test_searcher_falls_back_to_the_shipped_localizer_when_the_index_one_is_gone(pipeline, tmp_path, caplog):
+    from engine.home import default_localizer_path
+    from engine.search import Searcher
+    from indexer.build import build_index
+
+    corpus, index, loc_run = pipeline
+    gone = tmp_path / "gone"
+    model_pt = next(index.glob("versions/*/model.pt"))
+    from indexer.model import RetrievalModel
+
+    build_index(corpus, tmp_path / "idx", RetrievalModel.load(model_pt),
+                localizer=LocalizerRef(str(gone), localizer_fingerprint(loc_run)))
+    with caplog.at_level(logging.WARNING, logger="engine.search"):
+        s = Searcher(tmp_path / "idx")
+    assert s.localizer.checkpoint == default_localizer_path() / "best.pt"
+    assert not s.localizer_matches_index
+    assert any("is gone" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------- staleness
+def _manifest(model: str = "m" * 64, localizer: LocalizerRef | None = None, tag: str | None = None) -> Manifest:
+    return Manifest(version="000001", config={}, model_fingerprint=model, dim=4, n_motions=1, n_chunks=1,
+                    files={"model.pt": FileEntry("0" * 64, 1)}, localizer=localizer, motion_feature_tag=tag)
+
+
+def test_default_index_stale_decision():
+    from engine.home import default_index_stale
+
+    ref = LocalizerRef("/shipped/localizer-demo", "l" * 64)
+    fresh = _manifest(localizer=ref, tag=ref.sha256)
+    assert default_index_stale(fresh, "m" * 64, "l" * 64) is None
+    assert "retrieval model changed" in default_index_stale(fresh, "n" * 64, "l" * 64)
+    assert "localizer changed" in default_index_stale(fresh, "m" * 64, "k" * 64)
+    # Manifests from before `localizer` carry the checkpoint's sha256 as the motion feature tag.
+    assert default_index_stale(_manifest(tag="l" * 64), "m" * 64, "l" * 64) is None
+    assert "localizer changed" in default_index_stale(_manifest(tag="k" * 64), "m" * 64, "l" * 64)
+    assert "localizer changed" in default_index_stale(_manifest(), "m" * 64, "l" * 64)  # no cache at all
+    # The same checkpoint at another path (a reinstalled package) is not a change.
+    moved = dataclasses.replace(fresh, localizer=LocalizerRef("/elsewhere", "l" * 64))
+    assert default_index_stale(moved, "m" * 64, "l" * 64) is None
+
+
+def test_ensure_default_index_opens_verified_and_rebuilds_for_new_models(monkeypatch, tmp_path, caplog,
+                                                                         single_thread):
+    """One tiny built-in index: built, then re-used (each file hashed once, nothing rebuilt), then rebuilt
+    when the shipped retrieval model changes, and when a file is damaged."""
+    import engine.home as home
+    from indexer.index import ChunkIndex
+    from indexer.model import RetrievalConfig, RetrievalModel
+
+    monkeypatch.setenv("ENGINE_HOME", str(tmp_path / "home"))
+    first = home.ensure_default_index(preset="tiny")
+    assert isinstance(first, ChunkIndex) and first.version == "000001"
+    shipped = LocalizerRef(str(home.default_localizer_path()), localizer_fingerprint(home.default_localizer_path()))
+    assert first.manifest.localizer == shipped
+    index_dir = home.default_index_dir()
+
+    calls: Counter[Path] = Counter()
+    real = corpus_io.sha256_file
+
+    def counting(path, *args, **kwargs):
+        calls[Path(path).resolve()] += 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(corpus_io, "sha256_file", counting)
+    again = home.ensure_default_index(preset="tiny")
+    assert again.version == "000001" and read_current(index_dir) == "000001"
+    assert calls == Counter({(again.dir / name).resolve(): 1 for name in again.manifest.files})
+    monkeypatch.setattr(corpus_io, "sha256_file", real)
+
+    # New shipped retrieval model: rebuilt (the corpus is kept), and the log says why.
+    other = tmp_path / "retrieval-new"
+    other.mkdir()
+    RetrievalModel.random(RetrievalConfig(d_model=16, n_layers=1, n_heads=2, ff_dim=32, embed_dim=16,
+                                          text_hidden=None), seed=1).save(other / "best.pt")
+    monkeypatch.setattr(home, "default_retrieval_path", lambda: other)
+    with caplog.at_level(logging.WARNING, logger="engine.home"):
+        rebuilt = home.ensure_default_index(preset="tiny")
+    assert rebuilt.version == "000002" and rebuilt.dim == 16
+    assert any("shipped retrieval model changed" in r.getMessage() for r in caplog.records)
+    assert home.ensure_default_index(preset="tiny").version == "000002"
+
+    # A damaged file: the index does not load, so it is rebuilt rather than reused.
+    (version_dir(index_dir, "000002") / "embeddings.arrow").write_bytes(b"damaged")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="engine.home"):
+        healed = home.ensure_default_index(preset="tiny")
+    assert healed.version == "000003" and any("does not load" in r.getMessage() for r in caplog.records)
+    shutil.rmtree(tmp_path / "home")
