@@ -1,6 +1,6 @@
 """The web page of `engine serve` in a real browser (Debian chromium driven by Playwright) over the tiny
 pipeline: search, ranked rows with scores, the three.js preview (WebGL through SwiftShader: no GPU needed)
-animating, play/pause and the scrubber, in/out handles that set the exported span (checked in the
+animating, play/pause, the scrubber and orbit controls, in/out handles that set the exported span (checked in the
 downloaded BVH's frame count), BVH and GLB downloads that parse.
 
 Skipped when Playwright or chromium is missing, unless ENGINE_REQUIRE_BROWSER=1 (CI), which fails instead.
@@ -167,6 +167,18 @@ def test_search_page_previews_and_bvh_download(browser, server_url, searcher, tm
     page.wait_for_timeout(250)
     assert row.get_attribute("data-frame") == str(page.evaluate("previews[0].frame"))  # still paused there
     assert float(page.evaluate("previews[0].t")) == pytest.approx(0.25 * duration_s, abs=0.05 * duration_s)
+    # Orbit controls: dragging on the paused preview turns the camera (and the picture) around the body.
+    cam = "previews[0].camera.position.toArray()"
+    before_cam, before_px = page.evaluate(cam), canvas.screenshot()
+    cb = canvas.bounding_box()
+    page.mouse.move(cb["x"] + 0.5 * cb["width"], cb["y"] + 0.5 * cb["height"])
+    page.mouse.down()
+    page.mouse.move(cb["x"] + 0.8 * cb["width"], cb["y"] + 0.5 * cb["height"], steps=5)
+    page.mouse.up()
+    page.wait_for_function("!previews[0].dirty", timeout=10_000)
+    after_cam = page.evaluate(cam)
+    assert max(abs(x - y) for x, y in zip(after_cam, before_cam)) > 0.1, (before_cam, after_cam)
+    assert canvas.screenshot() != before_px
     row.locator(".play").click()
     assert row.locator(".play").get_attribute("aria-label") == "pause"
 
