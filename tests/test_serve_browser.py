@@ -213,6 +213,17 @@ def test_search_page_previews_and_bvh_download(browser, server_url, searcher, tm
     times = glb.accessors[glb.animations[0].samplers[0].input]
     assert times.count == n_span - 1 and len(glb.nodes) == 22
 
+    # A new search replaces the previews (the old ones are disposed) and the new first one animates.
+    page.fill("#q", "a person walks forward")
+    page.press("#q", "Enter")
+    page.wait_for_function("previews.length > 0 && previews[0].moment.motion_id !== undefined && "
+                           "document.querySelector('#status').textContent.includes('walks forward')",
+                           timeout=20_000)
+    page.wait_for_selector("#results li.moment[data-ready][data-frame]", timeout=20_000)
+    f1 = rows.first.get_attribute("data-frame")
+    page.wait_for_function(f"document.querySelector('#results li.moment').dataset.frame !== '{f1}'",
+                           timeout=10_000)
+
     # A request the API refuses shows its message (the form's own min/max checks would block k=0).
     page.evaluate("runSearch({q: 'kung fu pose', k: '0', limit: '5', lam: '5'})")
     page.wait_for_selector("#status.error", timeout=10_000)

@@ -89,6 +89,7 @@ async function runSearch(params) {
     const res = await fetchJSON(`/search?${new URLSearchParams(params)}`);
     if (seq !== searchSeq) return;
     if (observer) observer.disconnect();
+    for (const pv of previews) pv.dispose();
     previews = [];
     list.replaceChildren();
     for (const mo of res.moments) {

@@ -242,7 +242,7 @@ export class Player {
 
   // ------------------------------------------------------------ clock + drawing
   tick(dtS) {
-    if (!this.motion) return;
+    if (!this.motion || !this.scene) return;
     const [w0, w1] = this.window;
     if (this.playing) {
       // Loop [w0, w1); a playhead scrubbed past w1 plays on to the motion's end, then loops.
@@ -420,6 +420,19 @@ export class Player {
         if (this.inS < this.view[0] || this.outS > this.view[1]) this.refit();
       });
     }
+  }
+
+  // Free the GPU side (the shared renderer stays) when the card goes away.
+  dispose() {
+    if (!this.scene) return;
+    this.controls.dispose();
+    this.scene.traverse((o) => {
+      if (o.isInstancedMesh) o.dispose();
+      if (o.material) o.material.dispose();
+      if (o.isGridHelper) o.geometry.dispose();
+    });
+    this.scene = null;
+    this.motion = null;
   }
 
   setPlaying(on) {
