@@ -682,13 +682,13 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", help="File to write."),
     start: float | None = typer.Option(None, "--start", help="Clip start in seconds (default 0)."),
     end: float | None = typer.Option(None, "--end", help="Clip end in seconds (default: the motion's end)."),
-    fmt: str | None = typer.Option(None, "--format", help="bvh | npy | json (default: --out's suffix, else bvh)."),
+    fmt: str | None = typer.Option(None, "--format", help="bvh | npy | json | glb (default: --out's suffix, else bvh)."),
     corpus: Path | None = CLIP_CORPUS_OPTION,
     index: Path | None = CLIP_INDEX_OPTION,
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (a regular file only)."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
-    """Write a span of a motion: BVH (SMPL 22 joints, cm), .npy ((F, 22, 3) float32, m) or JSON."""
+    """Write a span of a motion: BVH (SMPL 22 joints, cm), .npy ((F, 22, 3) float32, m), JSON or GLB (glTF)."""
     from engine.corpus.io import atomic_write_bytes, check_output_target
     from engine.export import FORMATS, ClipError, clip_joints, resolve_motion_id, serialize_clip
 

@@ -1,4 +1,4 @@
-"""Clip export: a span of a stored motion as BVH, .npy or JSON.
+"""Clip export: a span of a stored motion as BVH, .npy, JSON or GLB (glTF binary, `engine.export_glb`).
 
 `clip_joints` cuts frames ``[start_frame, end_frame)`` out of a motion of the corpus store, where frame
 ``k`` covers ``[k / fps, (k + 1) / fps)`` (a motion of ``n_frames`` lasts ``n_frames / fps`` s, as in the
@@ -43,11 +43,12 @@ from engine.corpus.skeleton import JOINT_NAMES, N_JOINTS, PARENTS, RAW_OFFSETS
 
 log = logging.getLogger(__name__)
 
-FORMATS: tuple[str, ...] = ("bvh", "npy", "json")
+FORMATS: tuple[str, ...] = ("bvh", "npy", "json", "glb")
 MEDIA_TYPES: dict[str, str] = {
     "bvh": "text/plain; charset=utf-8",
     "npy": "application/octet-stream",
     "json": "application/json",
+    "glb": "model/gltf-binary",
 }
 # Requested times may pass the motion's end by this much (float rounding of client times).
 TIME_TOLERANCE_S = 1e-3
@@ -389,12 +390,16 @@ def _format_key(fmt: str, where: str) -> str:
 
 
 def serialize_clip(clip: Clip, fmt: str) -> ExportedClip:
-    """A cut clip as `fmt` (bvh | npy | json) bytes with its media type and file name."""
+    """A cut clip as `fmt` (bvh | npy | json | glb) bytes with its media type and file name."""
     key = _format_key(fmt, f"motion {clip.motion_id} ({clip.name!r})")
     if key == "bvh":
         data = to_bvh(clip).encode("utf-8")
     elif key == "npy":
         data = to_npy(clip)
+    elif key == "glb":
+        from engine.export_glb import to_glb
+
+        data = to_glb(clip)
     else:
         data = json.dumps(to_json(clip), separators=(",", ":")).encode("utf-8")
     return ExportedClip(data=data, media_type=MEDIA_TYPES[key], filename=clip_filename(clip, key))
@@ -402,7 +407,7 @@ def serialize_clip(clip: Clip, fmt: str) -> ExportedClip:
 
 def clip_bytes(store, motion_id: int, start_s: float | None = None, end_s: float | None = None,
                fmt: str = "bvh") -> ExportedClip:
-    """A clip of a stored motion serialised as `fmt` (bvh | npy | json); errors are `ClipError`
+    """A clip of a stored motion serialised as `fmt` (bvh | npy | json | glb); errors are `ClipError`
     (`MotionNotFoundError` for an unknown motion id). None times mean the motion's start / end."""
     _format_key(fmt, motion_label(store, motion_id))  # fail before reading any array
     return serialize_clip(clip_joints(store, motion_id, start_s, end_s), fmt)

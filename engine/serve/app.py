@@ -2,7 +2,7 @@
 
     GET /search?q=&k=&lam=&limit=              ranked moments (the same list as `Searcher.search`)
     GET /motions/{motion_id}[?joints=true]     metadata + annotations (+ joints for the preview, <= 20 fps)
-    GET /motions/{motion_id}/clip?start_s=&end_s=&format=bvh|npy|json   a clip as a file download
+    GET /motions/{motion_id}/clip?start_s=&end_s=&format=bvh|npy|json|glb   a clip as a file download
     GET /health                                index version and counts
     GET /                                      the web page (engine/serve/static/)
 
@@ -309,9 +309,9 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
         motion_id: int,
         start_s: float = Query(0.0, allow_inf_nan=False, description="Clip start, seconds."),
         end_s: float | None = Query(None, allow_inf_nan=False, description="Clip end, seconds (default: the end)."),
-        format: str = Query("bvh", description="bvh | npy | json"),
+        format: str = Query("bvh", description="bvh | npy | json | glb"),
     ) -> Response:
-        """A span of a motion as a BVH, NPY ((F, 22, 3) joints) or JSON file download."""
+        """A span of a motion as a BVH, NPY ((F, 22, 3) joints), JSON or GLB (glTF 2.0) file download."""
         from engine.export import ClipError, clip_bytes
 
         s = holder.get()
