@@ -710,9 +710,7 @@ class CorpusStore:
                 if r.motion_id in digests:
                     continue
                 rep.unverified_motions += 1
-                legacy = Motion(name=r.name, source="", fps=float(r.fps), joints=joints, features=feats,
-                                annotations=anns.get(r.motion_id, []))
-                if content_hash(legacy) == r.content_hash:
+                if r.content_hash in _stored_content_hashes(float(r.fps), joints, feats, anns.get(r.motion_id, [])):
                     confirmed.append(r.motion_id)
                     new_digests[r.motion_id] = (array_sha256(feats),
                                                 array_sha256(joints) if joints is not None else None)
@@ -957,6 +955,18 @@ class CorpusStore:
             name=row.name, source=row.source, fps=row.fps, split=row.split, path=row.path,
             annotations=[_ann(a) for a in row.annotations], meta=meta, motion_id=row.motion_id,
         )
+
+
+def _stored_content_hashes(fps: float, joints: np.ndarray | None, feats: np.ndarray,
+                           anns: list[Annotation]) -> set[str]:
+    """The content hashes a stored motion can have had at import: annotations as stored, and with the
+    seg_ids the store filled in ("0", "1", ... for empty ones) empty again."""
+    variants = [anns]
+    if any(a.seg_id == str(k) for k, a in enumerate(anns)):
+        variants.append([Annotation(a.text, a.start_s, a.end_s, seg_id="" if a.seg_id == str(k) else a.seg_id)
+                         for k, a in enumerate(anns)])
+    return {content_hash(Motion(name="", source="", fps=fps, joints=joints, features=feats, annotations=v))
+            for v in variants}
 
 
 def _db_where(url: str) -> str:
