@@ -99,14 +99,17 @@ def _bar_fn(prog):
     return bar
 
 
-def _open_store(corpus: Path):
-    """An existing corpus, or a clear error naming the directory."""
+def _open_store(corpus: Path, verify: str = "sizes"):
+    """An existing corpus, or a clear error naming the directory (a damaged one: exit 2)."""
     from engine.corpus.store import CorpusStore
+    from engine.corpus.types import EngineError
 
     try:
-        return CorpusStore.open(corpus, create=False)
+        return CorpusStore.open(corpus, create=False, verify=verify)
     except FileNotFoundError as e:
         fail(str(e))
+    except EngineError as e:
+        fail(str(e), 2)
 
 
 DB_URL_OPTION = typer.Option(
@@ -130,7 +133,7 @@ def _store_import(out: Path, motions, skip_bad: bool, as_json: bool, description
             report = store.add_motions(motions, skip_bad=skip_bad, progress=lambda n: prog.advance(task, n))
         stats = store.stats().to_dict()
     except CorpusError as e:
-        fail(f"{e}\n(nothing of the failing batch was stored; use --skip-bad to import the rest)")
+        fail(f"{e} (nothing of the failing batch was stored; use --skip-bad to import the rest)")
     finally:
         store.close()
     bad = (extra_bad or []) + report.bad
@@ -358,9 +361,15 @@ def data_stats(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Counts and durations of a corpus."""
+    from engine.corpus.types import EngineError
+
     store = _open_store(corpus)
-    st = store.stats().to_dict()
-    store.close()
+    try:
+        st = store.stats().to_dict()
+    except EngineError as e:
+        fail(str(e), 2)
+    finally:
+        store.close()
     if as_json:
         print_json(st)
         return
@@ -382,12 +391,16 @@ def data_show(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """One motion's metadata and annotations."""
+    from engine.corpus.types import EngineError
+
     store = _open_store(corpus)
     try:
         mid = int(motion) if motion.isdigit() else store.motion_id(motion)
         m = store.get_motion(mid, arrays=False)
     except KeyError as e:
         fail(f"{corpus}: {e.args[0]}")
+    except EngineError as e:
+        fail(str(e), 2)
     finally:
         store.close()
     info = {"motion_id": m.motion_id, "name": m.name, "source": m.source, "path": m.path, "fps": m.fps,
@@ -401,6 +414,44 @@ def data_show(
     typer.echo(f"#{m.motion_id} {m.name} [{m.source}, {m.split}] {info['duration_s']:.2f} s @ {m.fps:g} fps  {m.path}")
     for a in m.annotations:
         typer.echo(f"  {a.start_s:8.2f} - {a.end_s:8.2f} s  {a.text}")
+
+
+@data_app.command("verify")
+def data_verify(
+    corpus: Path = typer.Argument(..., help="Corpus directory."),
+    repair: bool = typer.Option(False, "--repair", help="Remove part files no motion references and stale "
+                                "temporary files; record checksums of motions stored before checksums existed."),
+    quick: bool = typer.Option(False, "--quick", help="Sizes only (no sha256 of files and motions)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Check every part file (size, sha256) and every motion's arrays. Exit 1 on damaged or missing data."""
+    from engine.corpus.types import EngineError
+
+    store = _open_store(corpus, verify="none")  # a damaged corpus must open to be reported on
+    try:
+        rep = store.verify(full=not quick, repair=repair)
+    except EngineError as e:
+        fail(str(e), 2)
+    finally:
+        store.close()
+    if as_json:
+        print_json(rep.to_dict())
+    else:
+        checked = f"sha256 of {rep.bytes_hashed / 1e6:.1f} MB" if rep.full else "sizes only"
+        typer.echo(f"{corpus}: {'OK' if rep.ok else 'PROBLEMS'} ({rep.files} part files, {rep.motions} motions, "
+                   f"{checked}; {rep.unverified_motions} unverified)")
+        for line in rep.problems:
+            typer.echo(f"problem: {line}", err=True)
+        for line in rep.warnings:
+            typer.echo(f"warning: {line}", err=True)
+        for line in rep.removed:
+            typer.echo(f"removed: {line}")
+        if repair and (rep.recorded_files or rep.recorded_motions):
+            typer.echo(f"recorded checksums of {rep.recorded_files} part files and {rep.recorded_motions} motions")
+        for line in rep.not_repaired:
+            typer.echo(f"not repaired: {line}", err=True)
+    if not rep.ok:
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------------------------------------- train / eval

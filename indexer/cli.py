@@ -76,11 +76,14 @@ class _LocalizerFeatures:
 
 def _open_corpus(corpus: Path):
     from engine.corpus.store import CorpusStore
+    from engine.corpus.types import EngineError
 
     try:
         return CorpusStore.open(corpus, create=False)
     except FileNotFoundError as e:
         _fail(str(e))
+    except EngineError as e:  # a damaged corpus (unreadable database, missing or resized part file)
+        _fail(str(e), 2)
 
 
 def _load_model(model: Path | None, device: str | None):

@@ -176,6 +176,7 @@ def _deep_check(vdir: Path, man: Manifest, rep: VerifyReport, corpus) -> None:
             rep.problems.append("motion features: motion ids differ from the indexed motions")
     if corpus is not None:
         store = open_store(corpus)
+        rep.problems += [f"corpus: {p}" for p in store.verify(full=True).problems]  # sha256 of its arrays
         rows = {r.motion_id: r for r in store.motion_table()}
         gone = [m.motion_id for m in motions if m.motion_id not in rows]
         changed = [m.motion_id for m in motions if m.motion_id in rows and rows[m.motion_id].n_frames != m.n_frames]
