@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.corpus.quat import axis_quat, qmul, quat_to_matrix, slerp
 from engine.corpus.skeleton import FPS, JOINT_NAMES, N_JOINTS
 from engine.corpus.types import Annotation, CorpusError, Motion
 
@@ -272,50 +273,6 @@ def read_bvh(path: str | Path) -> BvhData:
     return BvhData(path=where, nodes=nodes, frame_time_s=frame_time, motion=motion)
 
 
-# ------------------------------------------------------------------------------------- quaternions
-def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of (..., 4) (w, x, y, z) quaternions."""
-    aw, ax, ay, az = np.moveaxis(a, -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack([aw * bw - ax * bx - ay * by - az * bz,
-                     aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw], axis=-1)
-
-
-def _axis_quat(axis: int, angle_rad: np.ndarray) -> np.ndarray:
-    q = np.zeros(angle_rad.shape + (4,))
-    q[..., 0] = np.cos(angle_rad / 2)
-    q[..., 1 + axis] = np.sin(angle_rad / 2)
-    return q
-
-
-def _quat_to_mat(q: np.ndarray) -> np.ndarray:
-    """(..., 4) unit quaternions -> (..., 3, 3) rotation matrices."""
-    w, x, y, z = np.moveaxis(q, -1, 0)
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], axis=-1),
-        np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], axis=-1),
-        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=-1),
-    ], axis=-2)
-
-
-def _slerp(q0: np.ndarray, q1: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Slerp of (..., 4) unit quaternions; t broadcasts against (...,)."""
-    dot = np.sum(q0 * q1, axis=-1)
-    q1 = np.where(dot[..., None] < 0, -q1, q1)
-    dot = np.abs(dot)
-    t = np.broadcast_to(t, dot.shape)
-    theta = np.arccos(np.clip(dot, -1.0, 1.0))
-    sin_t = np.sin(theta)
-    small = sin_t < 1e-6
-    safe = np.where(small, 1.0, sin_t)
-    w0 = np.where(small, 1.0 - t, np.sin((1.0 - t) * theta) / safe)
-    w1 = np.where(small, t, np.sin(t * theta) / safe)
-    q = w0[..., None] * q0 + w1[..., None] * q1
-    return q / np.linalg.norm(q, axis=-1, keepdims=True)
-
-
 # ------------------------------------------------------------------------------- forward kinematics
 def local_channels(bvh: BvhData, frames: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Local rotations (F, N, 4) quaternions and translations (F, N, 3) of every node.
@@ -337,8 +294,8 @@ def local_channels(bvh: BvhData, frames: slice | None = None) -> tuple[np.ndarra
             if ch.endswith("position"):
                 trans[:, j, axis] = col
             else:
-                qa = _axis_quat(axis, np.deg2rad(col))
-                q = qa if q is None else _qmul(q, qa)
+                qa = axis_quat(axis, np.deg2rad(col))
+                q = qa if q is None else qmul(q, qa)
         if q is not None:
             quats[:, j] = q
     return quats, trans
@@ -360,7 +317,7 @@ def forward_kinematics(quats: np.ndarray, trans: np.ndarray, parents: list[int],
     n_f, n_n = trans.shape[:2]
     pos = np.zeros((n_f, n_n, 3))
     rot = np.zeros((n_f, n_n, 3, 3))
-    mats = _quat_to_mat(quats)  # (F, N, 3, 3)
+    mats = quat_to_matrix(quats)  # (F, N, 3, 3)
     for j in range(n_n):
         if needed is not None and not needed[j]:
             continue
@@ -393,7 +350,7 @@ def bvh_positions(bvh: BvhData, fps_out: float | None = None, drop_frames: int =
         if np.all(a < 1e-9):
             quats, trans = quats[i0], trans[i0]
         else:
-            quats = _slerp(quats[i0], quats[i1], a[:, None])
+            quats = slerp(quats[i0], quats[i1], a[:, None])
             trans = trans[i0] + a[:, None, None] * (trans[i1] - trans[i0])
     return forward_kinematics(quats, trans, [n.parent for n in bvh.nodes], needed)
 
