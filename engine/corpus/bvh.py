@@ -47,6 +47,7 @@ import numpy as np
 
 from engine.corpus.quat import axis_quat, qmul, quat_to_matrix, slerp
 from engine.corpus.skeleton import FPS, JOINT_NAMES, N_JOINTS
+from engine.corpus.tables import load_table
 from engine.corpus.types import Annotation, CorpusError, Motion
 
 log = logging.getLogger(__name__)
@@ -607,56 +608,13 @@ def retarget(bvh: BvhData, preset: SkeletonPreset | None = None, fps: float = FP
 
 # ------------------------------------------------------------------------------------ Bandai labels
 # Natural sentences for the Bandai Namco contents (cfg/content_label.txt of both sets): verb phrases
-# completing "a person ...". Two or three paraphrases each.
+# completing "a person ...", two or three paraphrases each, and style phrases appended to them (with their
+# own leading space or comma). The table is data: engine/corpus/data/bandai_phrases.json.
+BANDAI_PHRASES_TABLE = "bandai_phrases.json"
 BANDAI_CONTENT_PHRASES: dict[str, tuple[str, ...]] = {
-    "walk": ("walks forward", "walks straight ahead", "takes a few steps forward"),
-    "walk-turn-left": ("walks and turns left", "walks forward and then turns to the left"),
-    "walk-turn-right": ("walks and turns right", "walks forward and then turns to the right"),
-    "run": ("runs forward", "jogs ahead"),
-    "dash": ("dashes forward", "sprints ahead"),
-    "walk-back": ("walks backward", "steps backwards"),
-    "walk-left": ("walks forward while turning left", "walks in a curve to the left"),
-    "walk-right": ("walks forward while turning right", "walks in a curve to the right"),
-    "wave-both-hands": ("waves both hands", "waves with both arms"),
-    "wave-left-hand": ("waves the left hand", "waves with the left arm"),
-    "wave-right-hand": ("waves the right hand", "waves with the right arm"),
-    "raise-up-both-hands": ("raises both hands", "lifts both arms up"),
-    "raise-up-left-hand": ("raises the left hand", "lifts the left arm up"),
-    "raise-up-right-hand": ("raises the right hand", "lifts the right arm up"),
-    "bow": ("bows", "takes a bow"),
-    "bye": ("waves goodbye with one hand", "says goodbye with a small wave"),
-    "byebye": ("waves goodbye with both hands", "waves bye-bye with both arms raised"),
-    "guide": ("gestures with a hand to show the way", "guides someone with a sweep of the hand"),
-    "respond": ("raises a hand in response", "raises a hand to answer"),
-    "call": ("calls out to someone", "calls out with a hand by the mouth"),
-    "punch": ("throws punches", "punches repeatedly"),
-    "kick": ("kicks", "throws kicks"),
-    "slash": ("slashes with a sword held in both hands", "swings a sword"),
-    "dance-long": ("dances", "performs a long dance"),
-    "dance-short": ("dances", "performs a dance"),
-}
-# Style phrases appended to the content phrase (with their own leading space or comma).
+    k: tuple(v) for k, v in load_table(BANDAI_PHRASES_TABLE, "content").items()}
 BANDAI_STYLE_PHRASES: dict[str, tuple[str, ...]] = {
-    "normal": ("", ", in a neutral way"),
-    "happy": (" happily", ", looking happy"),
-    "sad": (" sadly", ", looking sad"),
-    "angry": (" angrily", ", looking angry"),
-    "proud": (" proudly", " with pride"),
-    "not-confident": (" without confidence", " timidly"),
-    "masculinity": (" in a masculine way", " like a tough man"),
-    "masculine": (" in a masculine way", " like a tough man"),
-    "feminine": (" in a feminine way", " with feminine grace"),
-    "childish": (" like a child", " in a childish way"),
-    "youthful": (" in a youthful way", " like a lively young person"),
-    "old": (" like an old person", " slowly, like an elderly person"),
-    "elderly": (" like an elderly person", " slowly, like an old man"),
-    "tired": (", tired", " wearily"),
-    "exhausted": (", exhausted", " in an exhausted way"),
-    "active": (" energetically", " in an active way"),
-    "musical": (" theatrically, like in a musical", " like a musical performer"),
-    "giant": (" like a giant", " with heavy, giant-like movements"),
-    "chimpira": (" like a thug", " with a swaggering, punkish attitude"),
-}
+    k: tuple(v) for k, v in load_table(BANDAI_PHRASES_TABLE, "style").items()}
 
 
 def bandai_sentences(content: str, style: str) -> list[str]:
