@@ -25,6 +25,7 @@ def test_product_matrix_and_rotation_match_scipy():
     prod = quat.qmul(qa, qb)
     np.testing.assert_allclose(quat.quat_to_matrix(prod), (a * b).as_matrix(), atol=1e-12)
     np.testing.assert_allclose(quat.quat_to_matrix(3.0 * qa), a.as_matrix(), atol=1e-12)  # not unit: q / |q|
+    np.testing.assert_allclose(quat.unit_quat_to_matrix(prod), (a * b).as_matrix(), atol=1e-12)
     v = rng.normal(size=(50, 3))
     np.testing.assert_allclose(quat.qrot(qa, v), a.apply(v), atol=1e-12)
     np.testing.assert_allclose(quat.qrot(quat.qmul(quat.qinv(qa), qa), v), v, atol=1e-12)
@@ -55,7 +56,7 @@ def test_slerp_and_qbetween():
 def test_no_other_module_defines_quaternion_helpers():
     """One copy: the BVH importer and the features use engine.corpus.quat (issue 10, item 6)."""
     names = {"qmul", "qinv", "qrot", "qbetween", "slerp", "axis_quat", "quat_to_matrix", "quat_to_mat",
-             "quat_to_cont6d"}
+             "unit_quat_to_matrix", "quat_to_cont6d"}
     offenders = []
     for path in sorted((ROOT / "engine").rglob("*.py")):
         if path.name == "quat.py":

@@ -103,6 +103,21 @@ def quat_to_matrix(q: np.ndarray) -> np.ndarray:
     return m.reshape(q.shape[:-1] + (3, 3))  # (..., 3, 3)
 
 
+def unit_quat_to_matrix(q: np.ndarray) -> np.ndarray:
+    """(..., 4) *unit* quaternions -> (..., 3, 3) rotation matrices, without normalising.
+
+    The BVH forward kinematics uses this form (its quaternions are products of axis rotations); it
+    differs from `quat_to_matrix` by rounding only, and is kept so that re-importing a file gives the
+    bytes already stored (the store's content hash).
+    """
+    w, x, y, z = np.moveaxis(q, -1, 0)
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], axis=-1),
+        np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], axis=-1),
+        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=-1),
+    ], axis=-2)
+
+
 def quat_to_cont6d(q: np.ndarray) -> np.ndarray:
     """(..., 4) -> (..., 6): the first two *columns* of the rotation matrix, column 0 first."""
     m = quat_to_matrix(q)
