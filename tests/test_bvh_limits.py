@@ -266,3 +266,19 @@ def test_cli_import_reports_limits_and_odd_names(tmp_path):
     assert report["skipped_existing"] == 2 and len(report["bad"]) == 1 and "over the limit of 14400 s" in report["bad"][0]
     proc = subprocess.run(cmd + ["--limit", "bogus=1"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "bogus=1" in proc.stderr
+
+
+# ------------------------------------------------------------------------ bounded working memory
+@pytest.mark.parametrize("frame_time", [1 / 30, 1 / 120, 1 / 20, 1 / 7])
+def test_blocked_forward_kinematics_matches_one_block(tmp_path, monkeypatch, frame_time):
+    rng = np.random.default_rng(1)
+    path, _ = smpl_bvh(tmp_path, "b.bvh", n_frames=97, frame_time=frame_time)
+    data = bvh.read_bvh(path)
+    data.motion[:, 6:] += rng.uniform(-40, 40, size=data.motion[:, 6:].shape)  # rotations in degrees
+    data.motion[:, :3] += np.cumsum(rng.normal(scale=0.01, size=(97, 3)), axis=0)
+    whole = bvh.bvh_positions(data, fps_out=20.0, drop_frames=2)
+    ref = bvh.retarget(data, bvh.PRESETS["smpl"])
+    monkeypatch.setattr(bvh, "BLOCK_NODE_FRAMES", 5 * len(data.nodes))  # blocks of 5 (or fewer) frames
+    assert len(list(bvh.bvh_position_blocks(data, fps_out=20.0, drop_frames=2))) > 3
+    np.testing.assert_array_equal(bvh.bvh_positions(data, fps_out=20.0, drop_frames=2), whole)
+    np.testing.assert_array_equal(bvh.retarget(data, bvh.PRESETS["smpl"]).joints, ref.joints)

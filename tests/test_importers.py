@@ -113,6 +113,25 @@ def test_as_motion_array_shapes_and_layouts(tmp_path):
         as_motion_array(j, "x.npy", layout="features")
 
 
+def test_absurd_values_and_oversized_files_are_refused(tmp_path):
+    """Issue 15: a finite 1e30 imported fine and later poisoned the index; a huge .npy was read whole."""
+    from engine.corpus.importers import load_motion_array
+    from engine.corpus.limits import ImportLimits
+
+    j = _skeleton(30)
+    j[7, 0, 0] = 1e30
+    with pytest.raises(CorpusError, match=r"far\.npy: joint frame 7 holds NaN/inf or a value beyond 10000"):
+        as_motion_array(j, "far.npy")
+    f = np.zeros((29, 263), np.float32)
+    f[3, 5] = -2e4
+    with pytest.raises(CorpusError, match=r"f\.npy: feature frame 3 holds"):
+        as_motion_array(f, "f.npy")
+    p = _save(tmp_path / "big.npy", _skeleton(2000))
+    assert load_motion_array(p).n_frames == 2000
+    with pytest.raises(CorpusError, match=r"big\.npy: file is .* over the limit of 100 bytes"):
+        load_motion_array(p, limits=ImportLimits(max_file_bytes=100))
+
+
 def test_clip_span():
     assert clip_span(-0.1, 5.2, 5.0, "r") == (0.0, 5.0)
     with pytest.raises(CorpusError, match="r: label 1.000-6.000s is outside the motion"):

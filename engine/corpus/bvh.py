@@ -416,12 +416,16 @@ def forward_kinematics(quats: np.ndarray, trans: np.ndarray, parents: list[int],
     return pos
 
 
-def bvh_positions(bvh: BvhData, fps_out: float | None = None, drop_frames: int = 0,
-                  needed: np.ndarray | None = None, limits: ImportLimits | None = None) -> np.ndarray:
-    """Global node positions (T, N, 3) in file units, resampled to `fps_out` (None: as in the file).
+# Frames x nodes per block of `bvh_position_blocks`: bounds the working memory (about 250 B per node-frame)
+# whatever the length and the skeleton; the real files fit in one block.
+BLOCK_NODE_FRAMES = 1 << 20
 
-    Resampling slerps local rotations and lerps translations between the two nearest source frames,
-    then runs FK, so bone lengths are exactly those of the file.
+
+def bvh_position_blocks(bvh: BvhData, fps_out: float | None = None, drop_frames: int = 0,
+                        needed: np.ndarray | None = None, limits: ImportLimits | None = None) -> Iterator[np.ndarray]:
+    """`bvh_positions` in consecutive blocks of output frames, (T_block, N, 3) each (see BLOCK_NODE_FRAMES).
+
+    The resampled length is checked against `limits` before anything of that length is allocated.
     """
     limits = limits or DEFAULT_LIMITS
     n_f = bvh.n_frames - drop_frames
@@ -429,19 +433,43 @@ def bvh_positions(bvh: BvhData, fps_out: float | None = None, drop_frames: int =
         raise CorpusError(bvh.path, f"no frames left after dropping the first {drop_frames} (T-pose) frames")
     resample = fps_out is not None and abs(fps_out - bvh.fps) > 1e-9
     n_out = resampled_length(n_f, bvh.fps, fps_out) if resample else n_f
-    check_resampled_frames(n_out, bvh.path, limits)  # before anything of that length is allocated
-    quats, trans = local_channels(bvh, slice(drop_frames, None) if drop_frames else None)
-    if resample:
-        u = resample_positions(n_f, bvh.fps, fps_out)
-        i0 = np.minimum(np.floor(u + 1e-9).astype(int), n_f - 1)
+    check_resampled_frames(n_out, bvh.path, limits)
+    parents = [n.parent for n in bvh.nodes]
+    ratio = max(1.0, bvh.fps / fps_out) if resample else 1.0  # source frames per output frame
+    block = max(1, int(BLOCK_NODE_FRAMES / (len(bvh.nodes) * ratio)))
+    if not resample:
+        for start in range(0, n_out, block):
+            stop = min(n_out, start + block)
+            quats, trans = local_channels(bvh, slice(drop_frames + start, drop_frames + stop))
+            yield forward_kinematics(quats, trans, parents, needed)
+        return
+    u_all = resample_positions(n_f, bvh.fps, fps_out)
+    i0_all = np.minimum(np.floor(u_all + 1e-9).astype(int), n_f - 1)
+    a_all = np.clip(u_all - i0_all, 0.0, 1.0)
+    on_frames = bool(np.all(a_all < 1e-9))  # an integer rate ratio: plain subsampling
+    for start in range(0, n_out, block):
+        stop = min(n_out, start + block)
+        i0, a = i0_all[start:stop], a_all[start:stop]
         i1 = np.minimum(i0 + 1, n_f - 1)
-        a = np.clip(u - i0, 0.0, 1.0)
-        if np.all(a < 1e-9):
+        lo, hi = int(i0[0]), int(i1[-1]) + 1
+        quats, trans = local_channels(bvh, slice(drop_frames + lo, drop_frames + hi))
+        i0, i1 = i0 - lo, i1 - lo
+        if on_frames:
             quats, trans = quats[i0], trans[i0]
         else:
             quats = slerp(quats[i0], quats[i1], a[:, None])
             trans = trans[i0] + a[:, None, None] * (trans[i1] - trans[i0])
-    return forward_kinematics(quats, trans, [n.parent for n in bvh.nodes], needed)
+        yield forward_kinematics(quats, trans, parents, needed)
+
+
+def bvh_positions(bvh: BvhData, fps_out: float | None = None, drop_frames: int = 0,
+                  needed: np.ndarray | None = None, limits: ImportLimits | None = None) -> np.ndarray:
+    """Global node positions (T, N, 3) in file units, resampled to `fps_out` (None: as in the file).
+
+    Resampling slerps local rotations and lerps translations between the two nearest source frames,
+    then runs FK, so bone lengths are exactly those of the file.
+    """
+    return np.concatenate(list(bvh_position_blocks(bvh, fps_out, drop_frames, needed, limits)))
 
 
 # ------------------------------------------------------------------------------------------ presets
@@ -683,10 +711,9 @@ def retarget(bvh: BvhData, preset: SkeletonPreset | None = None, fps: float = FP
     if bvh.n_frames <= preset.drop_frames:
         raise CorpusError(bvh.path, f"{bvh.n_frames} frames, all dropped by preset {preset.name!r} "
                                     f"(drops the first {preset.drop_frames}: T-pose reference)")
-    pos = bvh_positions(bvh, fps_out=fps, drop_frames=preset.drop_frames, needed=needed,
-                        limits=limits)  # (T, N, 3)
     scale = preset.scale_m if preset.scale_m is not None else detect_scale(bvh, w)
-    joints = np.einsum("sj,tjc->tsc", w, pos) * scale  # (T, 22, 3)
+    blocks = bvh_position_blocks(bvh, fps_out=fps, drop_frames=preset.drop_frames, needed=needed, limits=limits)
+    joints = np.concatenate([np.einsum("sj,tjc->tsc", w, pos) * scale for pos in blocks])  # (T, 22, 3)
     joints = joints @ np.asarray(preset.axes, dtype=np.float64).T
     joints[..., 1] -= joints[..., 1].min()
     joints -= joints[0, 0] * np.array([1.0, 0.0, 1.0])

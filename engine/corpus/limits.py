@@ -179,12 +179,15 @@ def check_plausible_joints(joints: np.ndarray, fps: float, where: str, limits: I
                                      f"{limits.min_skeleton_m:g} m (wrong units or a collapsed skeleton)")
 
 
-def check_plausible_features(features: np.ndarray, where: str, limits: ImportLimits = DEFAULT_LIMITS) -> None:
-    """CorpusError naming `where` when 263-dim features hold NaN/inf or values beyond `max_coordinate_m`."""
-    f = np.asarray(features)
-    flat = f.reshape(f.shape[0], -1)
-    bad = ~np.isfinite(flat).all(axis=1) | (np.abs(np.nan_to_num(flat)).max(axis=1) > limits.max_coordinate_m)
+def check_magnitude(arr: np.ndarray, where: str, what: str, limits: ImportLimits = DEFAULT_LIMITS) -> None:
+    """CorpusError naming `where` when a (T, ...) array holds NaN/inf or a value beyond `max_coordinate_m`.
+
+    For arrays whose values are metres, metres per frame, unit vectors or flags (joints, HumanML3D features).
+    """
+    flat = np.asarray(arr).reshape(len(arr), -1)
+    bad = ~np.isfinite(flat).all(axis=1) | (np.abs(np.nan_to_num(flat)).max(axis=1, initial=0.0)
+                                            > limits.max_coordinate_m)
     if bad.any():
         k = int(np.argmax(bad))
-        raise CorpusError(where, f"feature frame {k} holds NaN/inf or a value beyond {limits.max_coordinate_m:g} "
-                                 f"({int(bad.sum())} bad frames)")
+        raise CorpusError(where, f"{what} frame {k} holds NaN/inf or a value beyond {limits.max_coordinate_m:g} "
+                                 f"({int(bad.sum())} bad frames; wrong units or a corrupted value)")
