@@ -419,4 +419,4 @@ def test_import_every_bvh_in_shared_data():
     print(f"imported {n} BVH files ({frames} frames at 20 fps) in {seconds:.1f} s")
     assert n == 174 + 2152 + 11
     assert len(errors) == 1 and "dataset-1_dance-long_normal_001.json" in errors[0]
-    assert seconds < 300
+    assert seconds < 600  # includes the HumanML3D features, which bvh_to_motion computes since issue 15

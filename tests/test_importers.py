@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,9 +28,9 @@ from engine.corpus.skeleton import PARENTS, RAW_OFFSETS
 from engine.corpus.store import CorpusStore
 from engine.corpus.types import CorpusError, Motion
 
-SAMPLE = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "humanml3d-sample" / "new_joints" / "012314.npy"
-)
+# ../shared/data beside the clone; ENGINE_SHARED_DATA points elsewhere (e.g. from a git worktree).
+DATA = Path(os.environ.get("ENGINE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+SAMPLE = DATA / "humanml3d-sample" / "new_joints" / "012314.npy"
 
 
 def _skeleton(n_frames: int, seed: int = 0) -> np.ndarray:
