@@ -185,18 +185,29 @@ def import_bvh(
     map_file: Path | None = typer.Option(None, "--map", help="Custom joint map JSON (see data/README.md)."),
     source: str | None = typer.Option(None, help="Source name stored with each motion (default: by preset)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Report bad files and import the rest."),
+    limit: list[str] = typer.Option([], "--limit", help="Raise an import limit, NAME=VALUE (repeatable), e.g. "
+                                    "max_file_bytes=2e9, max_decompressed_bytes, max_duration_s, "
+                                    "max_resampled_frames, min_frame_time_s, max_frame_time_s, max_joints, "
+                                    "max_coordinate_m, max_joint_speed_m_s, max_bone_m, min_skeleton_m."),
     as_json: bool = typer.Option(False, "--json"),
     db_url: str | None = DB_URL_OPTION,
 ) -> None:
     """Import BVH motion capture (any skeleton, retargeted to the canonical 22 joints at 20 fps)."""
     from engine.corpus import bvh
+    from engine.corpus.fsnames import display_path
+    from engine.corpus.limits import ImportLimits
+    from engine.corpus.types import CorpusError
 
     for p in paths:
         if not p.exists():
-            fail(f"{p}: no such file or directory")
+            fail(f"{display_path(p)}: no such file or directory")
+    try:
+        limits = ImportLimits.from_overrides(limit)
+    except CorpusError as e:
+        fail(str(e), 2)
     errors: list[str] = []
     motions = bvh.iter_bvh_motions(paths, preset=str(map_file) if map_file else preset, source=source,
-                                   skip_bad=skip_bad, errors=errors)
+                                   skip_bad=skip_bad, errors=errors, limits=limits)
     _store_import(out, motions, skip_bad, as_json, "import bvh", extra_bad=errors, url=db_url)
 
 

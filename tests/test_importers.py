@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,9 +28,9 @@ from engine.corpus.skeleton import PARENTS, RAW_OFFSETS
 from engine.corpus.store import CorpusStore
 from engine.corpus.types import CorpusError, Motion
 
-SAMPLE = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "humanml3d-sample" / "new_joints" / "012314.npy"
-)
+# ../shared/data beside the clone; ENGINE_SHARED_DATA points elsewhere (e.g. from a git worktree).
+DATA = Path(os.environ.get("ENGINE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+SAMPLE = DATA / "humanml3d-sample" / "new_joints" / "012314.npy"
 
 
 def _skeleton(n_frames: int, seed: int = 0) -> np.ndarray:
@@ -111,6 +112,25 @@ def test_as_motion_array_shapes_and_layouts(tmp_path):
         assert words in str(e.value)
     with pytest.raises(CorpusError, match="features"):
         as_motion_array(j, "x.npy", layout="features")
+
+
+def test_absurd_values_and_oversized_files_are_refused(tmp_path):
+    """Issue 15: a finite 1e30 imported fine and later poisoned the index; a huge .npy was read whole."""
+    from engine.corpus.importers import load_motion_array
+    from engine.corpus.limits import ImportLimits
+
+    j = _skeleton(30)
+    j[7, 0, 0] = 1e30
+    with pytest.raises(CorpusError, match=r"far\.npy: joint frame 7 holds NaN/inf or a value beyond 10000"):
+        as_motion_array(j, "far.npy")
+    f = np.zeros((29, 263), np.float32)
+    f[3, 5] = -2e4
+    with pytest.raises(CorpusError, match=r"f\.npy: feature frame 3 holds"):
+        as_motion_array(f, "f.npy")
+    p = _save(tmp_path / "big.npy", _skeleton(2000))
+    assert load_motion_array(p).n_frames == 2000
+    with pytest.raises(CorpusError, match=r"big\.npy: file is .* over the limit of 100 bytes"):
+        load_motion_array(p, limits=ImportLimits(max_file_bytes=100))
 
 
 def test_clip_span():

@@ -32,6 +32,7 @@ the whole clip with a natural sentence (`bandai_sentence`), ``extra={"content", 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
 import math
@@ -45,7 +46,20 @@ from typing import Any
 
 import numpy as np
 
+from engine.corpus.fsnames import display_path, name_bytes, storable
+from engine.corpus.limits import (
+    DEFAULT_LIMITS,
+    ImportLimits,
+    check_duration,
+    check_file_size,
+    check_frame_time,
+    check_plausible_joints,
+    check_resampled_frames,
+    read_bounded,
+)
+from engine.corpus.quat import axis_quat, qmul, slerp, unit_quat_to_matrix
 from engine.corpus.skeleton import FPS, JOINT_NAMES, N_JOINTS
+from engine.corpus.tables import load_table
 from engine.corpus.types import Annotation, CorpusError, Motion
 
 log = logging.getLogger(__name__)
@@ -111,96 +125,127 @@ class BvhData:
         raise KeyError(name)
 
 
-def _open_text(path: Path) -> str:
+def _open_text(path: Path, where: str, limits: ImportLimits) -> str:
+    """The file's text: size-checked before reading, decompressed as a bounded stream, BOM stripped."""
+    check_file_size(path, where, limits)
     try:
         if path.name.lower().endswith(".gz"):
-            with gzip.open(path, "rt", encoding="utf-8", errors="strict") as fh:
-                return fh.read()
-        return path.read_text(encoding="utf-8")
-    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as e:
-        raise CorpusError(str(path), f"cannot read: {e}") from e
+            with gzip.open(path, "rb") as fh:
+                data = read_bounded(fh, where, limits.max_decompressed_bytes)
+        else:
+            with open(path, "rb") as fh:
+                data = read_bounded(fh, where, min(limits.max_file_bytes, limits.max_decompressed_bytes),
+                                    what="holds")
+        if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+            data = data[3:]
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(where, f"cannot read: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise CorpusError(where, f"cannot read: {e}") from None
 
 
 def _float(tok: str, where: str, line: int, what: str) -> float:
     try:
         v = float(tok)
     except ValueError:
-        raise CorpusError(where, f"line {line}: malformed number {tok!r} in {what}") from None
+        raise CorpusError(where, f"line {line}: malformed number {tok[:40]!r} in {what}") from None
     if not math.isfinite(v):
         raise CorpusError(where, f"line {line}: non-finite value {tok!r} in {what}")
     return v
 
 
-def _parse_hierarchy(header: str, where: str) -> list[BvhNode]:
-    tokens: list[tuple[str, int]] = [(t, i) for i, line in enumerate(header.splitlines(), 1) for t in line.split()]
-    if not tokens or tokens[0][0] != "HIERARCHY":
+def _header_tokens(header: str) -> Iterator[tuple[str, int]]:
+    """(token, line number) of the hierarchy, lazily (memory does not grow with the header)."""
+    for lineno, line in enumerate(io.StringIO(header), 1):
+        for t in line.split():
+            yield t, lineno
+
+
+def _parse_hierarchy(header: str, where: str, limits: ImportLimits = DEFAULT_LIMITS) -> list[BvhNode]:
+    """The node list of a HIERARCHY section, in one pass (time linear in its size)."""
+    tokens = _header_tokens(header)
+    first = next(tokens, None)
+    if first is None or first[0] != "HIERARCHY":
         raise CorpusError(where, "not a BVH file (does not start with HIERARCHY)")
     nodes: list[BvhNode] = []
+    names: set[str] = set()
+    n_joints = n_end_sites = 0
     stack: list[int] = []
     pending: BvhNode | None = None
     n_channels = 0
-    i = 1
-    last_line = tokens[-1][1]
+    last_line = first[1]
 
-    def tok(k: int, what: str) -> tuple[str, int]:
-        if k >= len(tokens):
+    def tok(what: str) -> tuple[str, int]:
+        nxt = next(tokens, None)
+        if nxt is None:
             raise CorpusError(where, f"line {last_line}: hierarchy ends early (expected {what})")
-        return tokens[k]
+        return nxt
 
-    while i < len(tokens):
-        t, line = tokens[i]
+    for t, line in tokens:
+        last_line = line
         if t in ("ROOT", "JOINT"):
             if (t == "ROOT") != (not stack):
                 raise CorpusError(where, f"line {line}: {t} {'outside' if t == 'JOINT' else 'inside'} a joint block")
             if t == "ROOT" and nodes:
                 raise CorpusError(where, f"line {line}: a second ROOT (only one skeleton per file is supported)")
-            name, _ = tok(i + 1, "a joint name")
-            if any(n.name == name for n in nodes):
-                raise CorpusError(where, f"line {line}: duplicate joint name {name!r}")
+            if pending is not None:
+                raise CorpusError(where, f"line {line}: {t} before the '{{' of {pending.name!r}")
+            name, _ = tok("a joint name")
+            if name in names:
+                raise CorpusError(where, f"line {line}: duplicate joint name {name[:80]!r}")
+            n_joints += 1
+            if n_joints > limits.max_joints:
+                raise CorpusError(where, f"line {line}: more than {limits.max_joints} joints, over the limit "
+                                         "(raise it with --limit max_joints=N)")
+            names.add(name)
             pending = BvhNode(name=name, parent=stack[-1] if stack else -1, offset=np.zeros(3), line=line)
-            i += 2
         elif t == "End":
-            if tok(i + 1, "'Site'")[0] != "Site" or not stack:
+            if tok("'Site'")[0] != "Site" or not stack or pending is not None or nodes[stack[-1]].is_end_site:
                 raise CorpusError(where, f"line {line}: malformed End Site")
+            n_end_sites += 1
+            if n_end_sites > limits.max_joints:
+                raise CorpusError(where, f"line {line}: more than {limits.max_joints} End Sites, over the limit "
+                                         "(raise it with --limit max_joints=N)")
             parent = nodes[stack[-1]]
             pending = BvhNode(name=f"{parent.name}_End", parent=stack[-1], offset=np.zeros(3),
                               is_end_site=True, line=line)
-            i += 2
         elif t == "{":
             if pending is None:
                 raise CorpusError(where, f"line {line}: '{{' without a joint")
             nodes.append(pending)
             stack.append(len(nodes) - 1)
             pending = None
-            i += 1
         elif t == "}":
-            if not stack:
+            if not stack or pending is not None:
                 raise CorpusError(where, f"line {line}: unbalanced '}}'")
             stack.pop()
-            i += 1
         elif t == "OFFSET":
-            if not stack:
+            if not stack or pending is not None:
                 raise CorpusError(where, f"line {line}: OFFSET outside a joint")
-            vals = [_float(tok(i + k, "3 OFFSET values")[0], where, tok(i + k, "")[1], "OFFSET") for k in (1, 2, 3)]
+            vals = []
+            for _ in range(3):
+                vt, vl = tok("3 OFFSET values")
+                vals.append(_float(vt, where, vl, "OFFSET"))
             nodes[stack[-1]].offset = np.array(vals, dtype=np.float64)
-            i += 4
         elif t == "CHANNELS":
-            node = nodes[stack[-1]] if stack else None
+            node = nodes[stack[-1]] if stack and pending is None else None
             if node is None or node.is_end_site:
                 raise CorpusError(where, f"line {line}: CHANNELS outside a joint")
-            count_tok = tok(i + 1, "a channel count")[0]
-            if not count_tok.isdigit() or int(count_tok) > 6:
-                raise CorpusError(where, f"line {line}: bad channel count {count_tok!r}")
+            if node.channels:
+                raise CorpusError(where, f"line {line}: a second CHANNELS line for joint {node.name!r}")
+            count_tok = tok("a channel count")[0]
+            if not (count_tok.isascii() and count_tok.isdigit()) or int(count_tok) > 6:
+                raise CorpusError(where, f"line {line}: bad channel count {count_tok[:40]!r}")
             count = int(count_tok)
-            chans = tuple(tok(i + 2 + k, f"{count} channel names")[0] for k in range(count))
+            chans = tuple(tok(f"{count} channel names")[0] for _ in range(count))
             bad = [c for c in chans if c not in CHANNEL_NAMES]
             if bad or len(set(chans)) != len(chans):
-                raise CorpusError(where, f"line {line}: bad channels {' '.join(chans)} for joint {node.name!r}")
+                raise CorpusError(where, f"line {line}: bad channels {' '.join(chans)[:200]} for joint {node.name!r}")
             node.channels, node.channel_start = chans, n_channels
             n_channels += count
-            i += 2 + count
         else:
-            raise CorpusError(where, f"line {line}: unexpected token {t!r} in the hierarchy")
+            raise CorpusError(where, f"line {line}: unexpected token {t[:40]!r} in the hierarchy")
     if stack or pending is not None:
         raise CorpusError(where, f"line {last_line}: hierarchy ends inside an open joint block (truncated?)")
     if not nodes:
@@ -210,110 +255,103 @@ def _parse_hierarchy(header: str, where: str) -> list[BvhNode]:
 
 _MOTION_RE = re.compile(r"^[ \t]*MOTION[ \t]*\r?$", re.MULTILINE)
 _FRAMES_RE = re.compile(r"\A\s*Frames:\s*(\S+)\s+Frame\s+Time:\s*(\S+)[^\n]*(?:\n|\Z)")
+_BLOCK_LINES = 4096  # motion lines converted per block
 
 
-def read_bvh(path: str | Path) -> BvhData:
-    """Parse a BVH file (``.bvh`` or ``.bvh.gz``). Raises `CorpusError` naming the file and line."""
+def _locate_bad_line(block: list[tuple[int, str]], first_frame: int, first_line: int, n_channels: int,
+                     where: str) -> CorpusError:
+    for k, (line_k, ln) in enumerate(block):  # slow path: name the bad line
+        toks = ln.split()
+        if len(toks) != n_channels:
+            return CorpusError(where, f"line {first_line + line_k} (frame {first_frame + k}): {len(toks)} values, "
+                                      f"expected {n_channels} (one per channel)")
+        for t in toks:
+            try:
+                float(t)
+            except ValueError:
+                return CorpusError(where, f"line {first_line + line_k} (frame {first_frame + k}): malformed number "
+                                          f"{t[:40]!r}")
+    return CorpusError(where, "motion values do not match the channel count")  # pragma: no cover
+
+
+def _parse_motion(body: str, n_frames: int, n_channels: int, first_line: int, where: str) -> np.ndarray:
+    """(n_frames, n_channels) float64 from the motion lines, in blocks (no per-value Python objects kept)."""
+    motion = np.empty((n_frames, n_channels), dtype=np.float64)
+    lines = enumerate(io.StringIO(body))
+    frame = 0
+    while frame < n_frames:
+        block: list[tuple[int, str]] = []
+        for k, ln in lines:
+            if ln.strip():
+                block.append((k, ln))
+                if len(block) == min(_BLOCK_LINES, n_frames - frame):
+                    break
+        if not block:
+            raise CorpusError(where, f"Frames: {n_frames} but only {frame} motion lines (truncated?)")
+        try:
+            values = np.array(" ".join(ln for _, ln in block).split(), dtype=np.float64)
+        except ValueError:
+            values = None
+        if values is None or values.size != len(block) * n_channels:
+            raise _locate_bad_line(block, frame, first_line, n_channels, where)
+        rows = values.reshape(len(block), n_channels)
+        finite = np.isfinite(rows).all(axis=1)
+        if not finite.all():
+            k = int(np.argmin(finite))
+            raise CorpusError(where, f"line {first_line + block[k][0]} (frame {frame + k}): NaN/inf value")
+        motion[frame:frame + len(block)] = rows
+        frame += len(block)
+    extra = sum(1 for _, ln in lines if ln.strip())
+    if extra:
+        log.warning("%s: %d motion lines after the %d declared frames ignored", where, extra, n_frames)
+    return motion
+
+
+def read_bvh(path: str | Path, limits: ImportLimits | None = None) -> BvhData:
+    """Parse a BVH file (``.bvh`` or ``.bvh.gz``). Raises `CorpusError` naming the file and line.
+
+    Every size is checked against `limits` (default `ImportLimits()`) before the memory it needs is
+    allocated: the file size and the decompressed size (read as a bounded stream), the joint count, the
+    Frame Time, the duration, and the declared frame count against the bytes actually present.
+    """
+    limits = limits or DEFAULT_LIMITS
     path = Path(path)
-    where = str(path)
-    text = _open_text(path)
+    where = display_path(path)
+    text = _open_text(path, where, limits)
     m = _MOTION_RE.search(text)
     if m is None:
         raise CorpusError(where, "no MOTION section (truncated or not a BVH file)")
     header = text[: m.start()]
-    nodes = _parse_hierarchy(header, where)
+    nodes = _parse_hierarchy(header, where, limits)
     n_channels = sum(len(n.channels) for n in nodes)
     motion_line = header.count("\n") + 1
+    del header
     rest = text[m.end():]
+    del text
     fm = _FRAMES_RE.match(rest)
     if fm is None:
         raise CorpusError(where, f"line {motion_line + 1}: expected 'Frames: N' and 'Frame Time: dt' after MOTION")
     frames_tok, ft_tok = fm.group(1), fm.group(2)
-    if not frames_tok.isdigit():
-        raise CorpusError(where, f"line {motion_line + 1}: malformed frame count {frames_tok!r}")
+    if not (frames_tok.isascii() and frames_tok.isdigit()):
+        raise CorpusError(where, f"line {motion_line + 1}: malformed frame count {frames_tok[:40]!r}")
     n_frames = int(frames_tok)
     frame_time = _float(ft_tok, where, motion_line + 2, "Frame Time")
     if n_frames == 0:
         raise CorpusError(where, "zero frames (Frames: 0)")
     if frame_time <= 0:
         raise CorpusError(where, f"line {motion_line + 2}: Frame Time must be positive, got {ft_tok}")
+    check_frame_time(frame_time, where, limits)
+    check_duration(n_frames, 1.0 / frame_time, where, limits)
+    body = rest[fm.end():]
     first_line = motion_line + rest[: fm.end()].count("\n")  # line number of the first motion line
-    body_lines = rest[fm.end():].splitlines()
-    rows = [(k, ln) for k, ln in enumerate(body_lines) if ln.strip()]
-    if len(rows) < n_frames:
-        raise CorpusError(where, f"Frames: {n_frames} but only {len(rows)} motion lines (truncated?)")
-    if len(rows) > n_frames:
-        log.warning("%s: %d motion lines after the %d declared frames ignored", where, len(rows) - n_frames,
-                    n_frames)
-        rows = rows[:n_frames]
-    try:
-        values = np.array(" ".join(ln for _, ln in rows).split(), dtype=np.float64)
-    except ValueError:
-        values = None
-    if values is None or values.size != n_frames * n_channels:
-        for frame, (k, ln) in enumerate(rows):  # slow path: locate the bad line
-            toks = ln.split()
-            if len(toks) != n_channels:
-                raise CorpusError(where, f"line {first_line + k} (frame {frame}): {len(toks)} values, expected "
-                                         f"{n_channels} (one per channel)")
-            for t in toks:
-                try:
-                    float(t)
-                except ValueError:
-                    raise CorpusError(where, f"line {first_line + k} (frame {frame}): malformed number {t!r}") \
-                        from None
-        raise CorpusError(where, "motion values do not match the channel count")  # pragma: no cover
-    motion = values.reshape(n_frames, n_channels)  # (F, C)
-    finite = np.isfinite(motion).all(axis=1)
-    if not finite.all():
-        frame = int(np.argmin(finite))
-        raise CorpusError(where, f"line {first_line + rows[frame][0]} (frame {frame}): NaN/inf value "
-                                 f"({int((~finite).sum())} bad frames)")
+    del rest
+    # Each value takes at least two characters (a digit and a separator): a frame count the file cannot
+    # hold is refused before the (n_frames, n_channels) array is allocated.
+    if n_frames * max(n_channels, 1) > (len(body) + 1) // 2:
+        n_lines = sum(1 for ln in io.StringIO(body) if ln.strip())
+        raise CorpusError(where, f"Frames: {n_frames} but only {n_lines} motion lines (truncated?)")
+    motion = _parse_motion(body, n_frames, n_channels, first_line, where)
     return BvhData(path=where, nodes=nodes, frame_time_s=frame_time, motion=motion)
-
-
-# ------------------------------------------------------------------------------------- quaternions
-def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of (..., 4) (w, x, y, z) quaternions."""
-    aw, ax, ay, az = np.moveaxis(a, -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack([aw * bw - ax * bx - ay * by - az * bz,
-                     aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw], axis=-1)
-
-
-def _axis_quat(axis: int, angle_rad: np.ndarray) -> np.ndarray:
-    q = np.zeros(angle_rad.shape + (4,))
-    q[..., 0] = np.cos(angle_rad / 2)
-    q[..., 1 + axis] = np.sin(angle_rad / 2)
-    return q
-
-
-def _quat_to_mat(q: np.ndarray) -> np.ndarray:
-    """(..., 4) unit quaternions -> (..., 3, 3) rotation matrices."""
-    w, x, y, z = np.moveaxis(q, -1, 0)
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], axis=-1),
-        np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], axis=-1),
-        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=-1),
-    ], axis=-2)
-
-
-def _slerp(q0: np.ndarray, q1: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Slerp of (..., 4) unit quaternions; t broadcasts against (...,)."""
-    dot = np.sum(q0 * q1, axis=-1)
-    q1 = np.where(dot[..., None] < 0, -q1, q1)
-    dot = np.abs(dot)
-    t = np.broadcast_to(t, dot.shape)
-    theta = np.arccos(np.clip(dot, -1.0, 1.0))
-    sin_t = np.sin(theta)
-    small = sin_t < 1e-6
-    safe = np.where(small, 1.0, sin_t)
-    w0 = np.where(small, 1.0 - t, np.sin((1.0 - t) * theta) / safe)
-    w1 = np.where(small, t, np.sin(t * theta) / safe)
-    q = w0[..., None] * q0 + w1[..., None] * q1
-    return q / np.linalg.norm(q, axis=-1, keepdims=True)
 
 
 # ------------------------------------------------------------------------------- forward kinematics
@@ -337,17 +375,21 @@ def local_channels(bvh: BvhData, frames: slice | None = None) -> tuple[np.ndarra
             if ch.endswith("position"):
                 trans[:, j, axis] = col
             else:
-                qa = _axis_quat(axis, np.deg2rad(col))
-                q = qa if q is None else _qmul(q, qa)
+                qa = axis_quat(axis, np.deg2rad(col))
+                q = qa if q is None else qmul(q, qa)
         if q is not None:
             quats[:, j] = q
     return quats, trans
 
 
+def resampled_length(n_frames: int, fps_in: float, fps_out: float) -> int:
+    """Number of output frames t = k / fps_out within a source of `n_frames` at `fps_in`."""
+    return int(math.floor((n_frames - 1) * fps_out / fps_in + 1e-6)) + 1
+
+
 def resample_positions(n_frames: int, fps_in: float, fps_out: float) -> np.ndarray:
     """Fractional source-frame positions of the output frames t = k / fps_out within the source."""
-    n_out = int(math.floor((n_frames - 1) * fps_out / fps_in + 1e-6)) + 1
-    return np.arange(n_out) * (fps_in / fps_out)
+    return np.arange(resampled_length(n_frames, fps_in, fps_out)) * (fps_in / fps_out)
 
 
 def forward_kinematics(quats: np.ndarray, trans: np.ndarray, parents: list[int],
@@ -360,7 +402,7 @@ def forward_kinematics(quats: np.ndarray, trans: np.ndarray, parents: list[int],
     n_f, n_n = trans.shape[:2]
     pos = np.zeros((n_f, n_n, 3))
     rot = np.zeros((n_f, n_n, 3, 3))
-    mats = _quat_to_mat(quats)  # (F, N, 3, 3)
+    mats = unit_quat_to_matrix(quats)  # (F, N, 3, 3)
     for j in range(n_n):
         if needed is not None and not needed[j]:
             continue
@@ -374,28 +416,60 @@ def forward_kinematics(quats: np.ndarray, trans: np.ndarray, parents: list[int],
     return pos
 
 
+# Frames x nodes per block of `bvh_position_blocks`: bounds the working memory (about 250 B per node-frame)
+# whatever the length and the skeleton; the real files fit in one block.
+BLOCK_NODE_FRAMES = 1 << 20
+
+
+def bvh_position_blocks(bvh: BvhData, fps_out: float | None = None, drop_frames: int = 0,
+                        needed: np.ndarray | None = None, limits: ImportLimits | None = None) -> Iterator[np.ndarray]:
+    """`bvh_positions` in consecutive blocks of output frames, (T_block, N, 3) each (see BLOCK_NODE_FRAMES).
+
+    The resampled length is checked against `limits` before anything of that length is allocated.
+    """
+    limits = limits or DEFAULT_LIMITS
+    n_f = bvh.n_frames - drop_frames
+    if n_f <= 0:
+        raise CorpusError(bvh.path, f"no frames left after dropping the first {drop_frames} (T-pose) frames")
+    resample = fps_out is not None and abs(fps_out - bvh.fps) > 1e-9
+    n_out = resampled_length(n_f, bvh.fps, fps_out) if resample else n_f
+    check_resampled_frames(n_out, bvh.path, limits)
+    parents = [n.parent for n in bvh.nodes]
+    ratio = max(1.0, bvh.fps / fps_out) if resample else 1.0  # source frames per output frame
+    block = max(1, int(BLOCK_NODE_FRAMES / (len(bvh.nodes) * ratio)))
+    if not resample:
+        for start in range(0, n_out, block):
+            stop = min(n_out, start + block)
+            quats, trans = local_channels(bvh, slice(drop_frames + start, drop_frames + stop))
+            yield forward_kinematics(quats, trans, parents, needed)
+        return
+    u_all = resample_positions(n_f, bvh.fps, fps_out)
+    i0_all = np.minimum(np.floor(u_all + 1e-9).astype(int), n_f - 1)
+    a_all = np.clip(u_all - i0_all, 0.0, 1.0)
+    on_frames = bool(np.all(a_all < 1e-9))  # an integer rate ratio: plain subsampling
+    for start in range(0, n_out, block):
+        stop = min(n_out, start + block)
+        i0, a = i0_all[start:stop], a_all[start:stop]
+        i1 = np.minimum(i0 + 1, n_f - 1)
+        lo, hi = int(i0[0]), int(i1[-1]) + 1
+        quats, trans = local_channels(bvh, slice(drop_frames + lo, drop_frames + hi))
+        i0, i1 = i0 - lo, i1 - lo
+        if on_frames:
+            quats, trans = quats[i0], trans[i0]
+        else:
+            quats = slerp(quats[i0], quats[i1], a[:, None])
+            trans = trans[i0] + a[:, None, None] * (trans[i1] - trans[i0])
+        yield forward_kinematics(quats, trans, parents, needed)
+
+
 def bvh_positions(bvh: BvhData, fps_out: float | None = None, drop_frames: int = 0,
-                  needed: np.ndarray | None = None) -> np.ndarray:
+                  needed: np.ndarray | None = None, limits: ImportLimits | None = None) -> np.ndarray:
     """Global node positions (T, N, 3) in file units, resampled to `fps_out` (None: as in the file).
 
     Resampling slerps local rotations and lerps translations between the two nearest source frames,
     then runs FK, so bone lengths are exactly those of the file.
     """
-    quats, trans = local_channels(bvh, slice(drop_frames, None) if drop_frames else None)
-    n_f = quats.shape[0]
-    if n_f == 0:
-        raise CorpusError(bvh.path, f"no frames left after dropping the first {drop_frames} (T-pose) frames")
-    if fps_out is not None and abs(fps_out - bvh.fps) > 1e-9:
-        u = resample_positions(n_f, bvh.fps, fps_out)
-        i0 = np.minimum(np.floor(u + 1e-9).astype(int), n_f - 1)
-        i1 = np.minimum(i0 + 1, n_f - 1)
-        a = np.clip(u - i0, 0.0, 1.0)
-        if np.all(a < 1e-9):
-            quats, trans = quats[i0], trans[i0]
-        else:
-            quats = _slerp(quats[i0], quats[i1], a[:, None])
-            trans = trans[i0] + a[:, None, None] * (trans[i1] - trans[i0])
-    return forward_kinematics(quats, trans, [n.parent for n in bvh.nodes], needed)
+    return np.concatenate(list(bvh_position_blocks(bvh, fps_out, drop_frames, needed, limits)))
 
 
 # ------------------------------------------------------------------------------------------ presets
@@ -519,7 +593,7 @@ def load_joint_map(path: str | Path) -> SkeletonPreset:
     End Sites are addressable as ``<parent>_End``.
     """
     path = Path(path)
-    where = str(path)
+    where = display_path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
@@ -622,7 +696,8 @@ def _weights(bvh: BvhData, preset: SkeletonPreset) -> np.ndarray:
     return w
 
 
-def retarget(bvh: BvhData, preset: SkeletonPreset | None = None, fps: float = FPS) -> RetargetResult:
+def retarget(bvh: BvhData, preset: SkeletonPreset | None = None, fps: float = FPS,
+             limits: ImportLimits | None = None) -> RetargetResult:
     """Canonical 22 joints from a parsed BVH (see the module docstring for the steps)."""
     preset = preset or detect_preset(bvh)
     w = _weights(bvh, preset)  # (22, N)
@@ -636,9 +711,9 @@ def retarget(bvh: BvhData, preset: SkeletonPreset | None = None, fps: float = FP
     if bvh.n_frames <= preset.drop_frames:
         raise CorpusError(bvh.path, f"{bvh.n_frames} frames, all dropped by preset {preset.name!r} "
                                     f"(drops the first {preset.drop_frames}: T-pose reference)")
-    pos = bvh_positions(bvh, fps_out=fps, drop_frames=preset.drop_frames, needed=needed)  # (T, N, 3)
     scale = preset.scale_m if preset.scale_m is not None else detect_scale(bvh, w)
-    joints = np.einsum("sj,tjc->tsc", w, pos) * scale  # (T, 22, 3)
+    blocks = bvh_position_blocks(bvh, fps_out=fps, drop_frames=preset.drop_frames, needed=needed, limits=limits)
+    joints = np.concatenate([np.einsum("sj,tjc->tsc", w, pos) * scale for pos in blocks])  # (T, 22, 3)
     joints = joints @ np.asarray(preset.axes, dtype=np.float64).T
     joints[..., 1] -= joints[..., 1].min()
     joints -= joints[0, 0] * np.array([1.0, 0.0, 1.0])
@@ -650,56 +725,13 @@ def retarget(bvh: BvhData, preset: SkeletonPreset | None = None, fps: float = FP
 
 # ------------------------------------------------------------------------------------ Bandai labels
 # Natural sentences for the Bandai Namco contents (cfg/content_label.txt of both sets): verb phrases
-# completing "a person ...". Two or three paraphrases each.
+# completing "a person ...", two or three paraphrases each, and style phrases appended to them (with their
+# own leading space or comma). The table is data: engine/corpus/data/bandai_phrases.json.
+BANDAI_PHRASES_TABLE = "bandai_phrases.json"
 BANDAI_CONTENT_PHRASES: dict[str, tuple[str, ...]] = {
-    "walk": ("walks forward", "walks straight ahead", "takes a few steps forward"),
-    "walk-turn-left": ("walks and turns left", "walks forward and then turns to the left"),
-    "walk-turn-right": ("walks and turns right", "walks forward and then turns to the right"),
-    "run": ("runs forward", "jogs ahead"),
-    "dash": ("dashes forward", "sprints ahead"),
-    "walk-back": ("walks backward", "steps backwards"),
-    "walk-left": ("walks forward while turning left", "walks in a curve to the left"),
-    "walk-right": ("walks forward while turning right", "walks in a curve to the right"),
-    "wave-both-hands": ("waves both hands", "waves with both arms"),
-    "wave-left-hand": ("waves the left hand", "waves with the left arm"),
-    "wave-right-hand": ("waves the right hand", "waves with the right arm"),
-    "raise-up-both-hands": ("raises both hands", "lifts both arms up"),
-    "raise-up-left-hand": ("raises the left hand", "lifts the left arm up"),
-    "raise-up-right-hand": ("raises the right hand", "lifts the right arm up"),
-    "bow": ("bows", "takes a bow"),
-    "bye": ("waves goodbye with one hand", "says goodbye with a small wave"),
-    "byebye": ("waves goodbye with both hands", "waves bye-bye with both arms raised"),
-    "guide": ("gestures with a hand to show the way", "guides someone with a sweep of the hand"),
-    "respond": ("raises a hand in response", "raises a hand to answer"),
-    "call": ("calls out to someone", "calls out with a hand by the mouth"),
-    "punch": ("throws punches", "punches repeatedly"),
-    "kick": ("kicks", "throws kicks"),
-    "slash": ("slashes with a sword held in both hands", "swings a sword"),
-    "dance-long": ("dances", "performs a long dance"),
-    "dance-short": ("dances", "performs a dance"),
-}
-# Style phrases appended to the content phrase (with their own leading space or comma).
+    k: tuple(v) for k, v in load_table(BANDAI_PHRASES_TABLE, "content").items()}
 BANDAI_STYLE_PHRASES: dict[str, tuple[str, ...]] = {
-    "normal": ("", ", in a neutral way"),
-    "happy": (" happily", ", looking happy"),
-    "sad": (" sadly", ", looking sad"),
-    "angry": (" angrily", ", looking angry"),
-    "proud": (" proudly", " with pride"),
-    "not-confident": (" without confidence", " timidly"),
-    "masculinity": (" in a masculine way", " like a tough man"),
-    "masculine": (" in a masculine way", " like a tough man"),
-    "feminine": (" in a feminine way", " with feminine grace"),
-    "childish": (" like a child", " in a childish way"),
-    "youthful": (" in a youthful way", " like a lively young person"),
-    "old": (" like an old person", " slowly, like an elderly person"),
-    "elderly": (" like an elderly person", " slowly, like an old man"),
-    "tired": (", tired", " wearily"),
-    "exhausted": (", exhausted", " in an exhausted way"),
-    "active": (" energetically", " in an active way"),
-    "musical": (" theatrically, like in a musical", " like a musical performer"),
-    "giant": (" like a giant", " with heavy, giant-like movements"),
-    "chimpira": (" like a thug", " with a swaggering, punkish attitude"),
-}
+    k: tuple(v) for k, v in load_table(BANDAI_PHRASES_TABLE, "style").items()}
 
 
 def bandai_sentences(content: str, style: str) -> list[str]:
@@ -712,7 +744,7 @@ def bandai_sentences(content: str, style: str) -> list[str]:
 def bandai_sentence(content: str, style: str, key: str = "") -> str:
     """One paraphrase, chosen deterministically from `key` (e.g. the take name)."""
     options = bandai_sentences(content, style)
-    return options[zlib.crc32(key.encode()) % len(options)]
+    return options[zlib.crc32(name_bytes(key)) % len(options)]
 
 
 @lru_cache(maxsize=32)
@@ -720,7 +752,7 @@ def _label_lines(path: str) -> tuple[str, ...]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
-        raise CorpusError(path, f"cannot read label file: {e}") from e
+        raise CorpusError(display_path(path), f"cannot read label file: {e}") from e
     return tuple(ln.strip() for ln in text.splitlines() if ln.strip())
 
 
@@ -751,7 +783,7 @@ def bvh_stem(path: str | Path) -> str:
 def read_bandai_label(json_path: str | Path) -> BandaiLabel:
     """Labels of one take from its sidecar JSON and the set's cfg/ label files."""
     json_path = Path(json_path)
-    where = str(json_path)
+    where = display_path(json_path)
     try:
         raw = json.loads(json_path.read_text(encoding="utf-8"))
         ci, si = int(raw["content"]), int(raw["style"])
@@ -772,7 +804,7 @@ def read_bandai_label(json_path: str | Path) -> BandaiLabel:
 def take_split(take_name: str, fractions: tuple[tuple[str, float], ...] | None = None) -> str:
     """Deterministic split of a take (file stem) by a hash of its name: train/val/test ~ 70/10/20."""
     fractions = fractions or SPLIT_FRACTIONS
-    u = (zlib.crc32(take_name.encode()) % 10_000) / 10_000
+    u = (zlib.crc32(name_bytes(take_name)) % 10_000) / 10_000  # the name's bytes: any file name works
     acc = 0.0
     for name, frac in fractions:
         acc += frac
@@ -783,30 +815,43 @@ def take_split(take_name: str, fractions: tuple[tuple[str, float], ...] | None =
 
 # ------------------------------------------------------------------------------------------- motion
 def bvh_to_motion(path: str | Path, preset: str | Path | SkeletonPreset | None = None,
-                  source: str | None = None) -> Motion:
-    """Import one BVH file as a canonical Motion at 20 fps.
+                  source: str | None = None, limits: ImportLimits | None = None) -> Motion:
+    """Import one BVH file as a canonical Motion at 20 fps, with its HumanML3D features.
 
     `preset`: None/"auto" (detect from joint names), a preset name (PRESETS), a joint map JSON path,
     or a `SkeletonPreset`. Name is ``<source>/<file stem>``; split is `take_split` of the stem. A Bandai
     sidecar ``<stem>.json`` (with ``cfg/`` beside it) adds one annotation spanning the whole clip.
+    `limits` (default `ImportLimits()`) bounds sizes before allocation and the joints' plausibility
+    (coordinates, speeds, bone lengths). Every problem is a `CorpusError` naming the file. A file name
+    that is not UTF-8 is stored in its escaped form (`engine.corpus.fsnames.storable`).
     """
+    from engine.corpus.features import joints_to_features
+
+    limits = limits or DEFAULT_LIMITS
     path = Path(path)
+    where = display_path(path)
     resolved = resolve_preset(preset)
-    bvh = read_bvh(path)
-    res = retarget(bvh, resolved)
+    bvh = read_bvh(path, limits)
+    res = retarget(bvh, resolved, limits=limits)
+    check_plausible_joints(res.joints, res.fps, where, limits)
     used = resolved or detect_preset(bvh)
     src = source or used.source
     stem = bvh_stem(path)
-    motion = Motion(name=f"{src}/{stem}", source=src, fps=res.fps, joints=res.joints, split=take_split(stem),
-                    path=str(path), meta={"preset": res.preset, "scale_m": res.scale_m,
-                                          "source_fps": res.source_fps, "source_frames": res.source_frames})
+    key = storable(stem)
+    features = joints_to_features(res.joints, where=where).astype(np.float32)
+    if not np.isfinite(features).all():
+        raise CorpusError(where, "feature computation produced NaN/inf")
+    motion = Motion(name=f"{src}/{key}", source=src, fps=res.fps, joints=res.joints, features=features,
+                    split=take_split(stem), path=where,
+                    meta={"preset": storable(res.preset), "scale_m": res.scale_m, "source_fps": res.source_fps,
+                          "source_frames": res.source_frames})
     sidecar = path.parent / f"{stem}.json"
     if (path.parent / "cfg" / "content_label.txt").is_file() and sidecar.is_file():
         label = read_bandai_label(sidecar)
         motion.annotations.append(Annotation(
             text=bandai_sentence(label.content, label.style, stem), start_s=0.0, end_s=motion.duration_s,
-            seg_id=stem, extra={"content": label.content, "style": label.style, "dataset": label.dataset,
-                                "take": label.take}))
+            seg_id=key, extra={"content": label.content, "style": label.style, "dataset": label.dataset,
+                               "take": storable(label.take)}))
         motion.meta.update(content=label.content, style=label.style)
     return motion
 
@@ -830,22 +875,23 @@ def find_bvh_files(paths_or_dirs: Iterable[str | Path]) -> tuple[list[Path], lis
                     continue
                 for js in sorted(cfg.parent.glob("*.json")):
                     if (js.parent, js.stem) not in stems:
-                        errors.append(CorpusError(str(js), f"label file without motion: neither {js.stem}.bvh "
+                        errors.append(CorpusError(display_path(js), f"label file without motion: neither {js.stem}.bvh "
                                                            f"nor {js.stem}.bvh.gz exists"))
         elif p.exists():
             files.append(p)
         else:
-            errors.append(CorpusError(str(p), "no such file or directory"))
+            errors.append(CorpusError(display_path(p), "no such file or directory"))
     return files, errors
 
 
 def iter_bvh_motions(paths_or_dirs: Iterable[str | Path], preset: str | Path | SkeletonPreset | None = "auto",
                      source: str | None = None, skip_bad: bool = False,
-                     errors: list[str] | None = None) -> Iterator[Motion]:
+                     errors: list[str] | None = None, limits: ImportLimits | None = None) -> Iterator[Motion]:
     """Motions of every BVH file under the given files/folders (see `bvh_to_motion`).
 
     With `skip_bad`, bad files (and label files without a BVH) are logged, appended to `errors` as
-    ``"path: problem"`` and skipped; otherwise the first one raises `CorpusError`.
+    ``"path: problem"`` and skipped; otherwise the first one raises `CorpusError`. `limits`: see
+    `bvh_to_motion`.
     """
     resolved = resolve_preset(preset)  # a bad joint map fails before any file is read
     files, missing = find_bvh_files(paths_or_dirs)
@@ -857,7 +903,7 @@ def iter_bvh_motions(paths_or_dirs: Iterable[str | Path], preset: str | Path | S
             errors.append(str(err))
     for f in files:
         try:
-            yield bvh_to_motion(f, resolved, source=source)
+            yield bvh_to_motion(f, resolved, source=source, limits=limits)
         except CorpusError as err:
             if not skip_bad:
                 raise

@@ -57,6 +57,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from engine.corpus.quat import cross as _cross
+from engine.corpus.quat import qbetween as _qbetween
+from engine.corpus.quat import qinv as _qinv
+from engine.corpus.quat import qmul as _qmul
+from engine.corpus.quat import qrot as _qrot
+from engine.corpus.quat import quat_to_cont6d as _quat_to_cont6d
+from engine.corpus.quat import quat_to_matrix as _quat_to_matrix
 from engine.corpus.skeleton import (
     FACE_JOINTS,
     FEATURE_DIM,
@@ -125,92 +132,7 @@ _IK_CHILD, _IK_PARENT, _IK_ROT_PARENT = _ik_tables()
 
 
 # ----------------------------------------------------------------------------------------------
-# Quaternion helpers, (..., 4) = (w, x, y, z), float64, broadcasting like numpy.
-
-
-def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cross product over the last axis (np.cross without its moveaxis copies)."""
-    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
-    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
-    return np.stack((a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0), axis=-1)
-
-
-def _qmul(q: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Hamilton product q * r."""
-    w0, x0, y0, z0 = np.moveaxis(q, -1, 0)
-    w1, x1, y1, z1 = np.moveaxis(r, -1, 0)
-    return np.stack(
-        (
-            w0 * w1 - x0 * x1 - y0 * y1 - z0 * z1,
-            w0 * x1 + x0 * w1 + y0 * z1 - z0 * y1,
-            w0 * y1 - x0 * z1 + y0 * w1 + z0 * x1,
-            w0 * z1 + x0 * y1 - y0 * x1 + z0 * w1,
-        ),
-        axis=-1,
-    )
-
-
-def _qinv(q: np.ndarray) -> np.ndarray:
-    """Conjugate (the inverse of a unit quaternion)."""
-    return q * np.array([1.0, -1.0, -1.0, -1.0])
-
-
-def _qrot(q: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Rotate vectors v (..., 3) by unit quaternions q (..., 4)."""
-    qvec = q[..., 1:]
-    uv = _cross(qvec, v)
-    uuv = _cross(qvec, uv)
-    return v + 2.0 * (q[..., :1] * uv + uuv)
-
-
-def _qbetween(v0: np.ndarray, v1: np.ndarray) -> np.ndarray:
-    """The shortest-arc quaternion rotating v0 onto v1 (upstream ``qbetween``).
-
-    Where v0 and v1 are exactly opposite (upstream: NaN) the result is a 180-degree rotation about an
-    axis perpendicular to v0; where either is zero (upstream: NaN) it is the identity.
-    """
-    v0, v1 = np.broadcast_arrays(v0, v1)
-    xyz = _cross(v0, v1)
-    w = np.sqrt((v0**2).sum(-1) * (v1**2).sum(-1)) + (v0 * v1).sum(-1)
-    q = np.concatenate([w[..., None], xyz], axis=-1)
-    norm = np.linalg.norm(q, axis=-1, keepdims=True)
-    bad = norm[..., 0] < 1e-9
-    if bad.any():
-        zero = ((v0**2).sum(-1) < _EPS) | ((v1**2).sum(-1) < _EPS)
-        fill = np.zeros(q[bad].shape)
-        z_bad = zero[bad]
-        fill[z_bad, 0] = 1.0
-        opp = ~z_bad
-        if opp.any():
-            a = v0[bad][opp]
-            # Perpendicular axis: a x e, with e the basis axis least aligned with a.
-            e = np.eye(3)[np.argmin(np.abs(a), axis=-1)]
-            axis = _cross(a, e)
-            fill[opp, 1:] = axis / np.linalg.norm(axis, axis=-1, keepdims=True)
-        q[bad] = fill
-        norm[bad] = 1.0
-    return q / norm
-
-
-def _quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    """(..., 4) -> (..., 3, 3) rotation matrices (upstream ``quaternion_to_matrix``)."""
-    r, i, j, k = np.moveaxis(q, -1, 0)
-    two_s = 2.0 / (q * q).sum(-1)
-    m = np.stack(
-        (
-            1 - two_s * (j * j + k * k), two_s * (i * j - k * r), two_s * (i * k + j * r),
-            two_s * (i * j + k * r), 1 - two_s * (i * i + k * k), two_s * (j * k - i * r),
-            two_s * (i * k - j * r), two_s * (j * k + i * r), 1 - two_s * (i * i + j * j),
-        ),
-        axis=-1,
-    )
-    return m.reshape(q.shape[:-1] + (3, 3))  # (..., 3, 3)
-
-
-def _quat_to_cont6d(q: np.ndarray) -> np.ndarray:
-    """(..., 4) -> (..., 6): the first two *columns* of the rotation matrix, column 0 first."""
-    m = _quat_to_matrix(q)
-    return np.concatenate([m[..., 0], m[..., 1]], axis=-1)
+# Rotations (quaternion maths: engine.corpus.quat)
 
 
 def cont6d_to_matrix(cont6d: np.ndarray) -> np.ndarray:

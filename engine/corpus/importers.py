@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.corpus.features import mirror_joints  # noqa: F401 - re-exported for the importers
+from engine.corpus.fsnames import display_path
+from engine.corpus.limits import DEFAULT_LIMITS, ImportLimits, check_file_size, check_magnitude
 from engine.corpus.skeleton import FEATURE_DIM, N_JOINTS
 from engine.corpus.types import CorpusError
 
@@ -130,8 +132,9 @@ def as_motion_array(
     """Interpret a loaded array as joints or features (see the module docstring), checked.
 
     `negate_x` overrides the handedness decision for position arrays (None: decided by `layout`).
+    Values must be finite and within `ImportLimits.max_coordinate_m` (10 km).
     """
-    where = str(path)
+    where = display_path(path)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     arr = np.asarray(arr)
@@ -156,11 +159,13 @@ def as_motion_array(
             raise CorpusError(where, "zero-length motion (0 feature frames)")
         feats = np.ascontiguousarray(arr, dtype=np.float32)
         check_finite_frames(feats, where, "feature")
+        check_magnitude(feats, where, "feature")
         return MotionArray(Path(path), features=feats)
     if shape[0] < 2:
         raise CorpusError(where, f"zero-length motion ({shape[0]} frames; at least 2 needed)")
     joints = np.array(arr[:, :N_JOINTS], dtype=np.float32)  # (T, 22, 3), a copy we may modify
     check_finite_frames(joints, where, "joint")
+    check_magnitude(joints, where, "joint")
     if negate_x is None:
         if layout == "pose_data":
             negate_x = True
@@ -178,15 +183,21 @@ def as_motion_array(
     return MotionArray(Path(path), joints=joints, handedness_fixed=bool(negate_x))
 
 
-def load_motion_array(path: Path | str, layout: str = "auto", negate_x: bool | None = None) -> MotionArray:
-    """Load a `.npy` motion file (joints or features by shape); CorpusError naming the file if bad."""
+def load_motion_array(path: Path | str, layout: str = "auto", negate_x: bool | None = None,
+                      limits: ImportLimits | None = None) -> MotionArray:
+    """Load a `.npy` motion file (joints or features by shape); CorpusError naming the file if bad.
+
+    The file size is checked against `limits.max_file_bytes` before it is read (a `.npy` array takes
+    its file size in memory)."""
     p = Path(path)
+    where = display_path(p)
     if not p.is_file():
-        raise CorpusError(str(p), "motion file not found")
+        raise CorpusError(where, "motion file not found")
+    check_file_size(p, where, limits or DEFAULT_LIMITS)
     try:
         arr = np.load(p, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise CorpusError(str(p), f"unreadable .npy file: {e}") from e
+        raise CorpusError(where, f"unreadable .npy file: {e}") from e
     return as_motion_array(arr, p, layout=layout, negate_x=negate_x)
 
 

@@ -13,7 +13,9 @@ it about the vertical axis). Axes: x left, y up, z forward; positive yaw turns l
 (`Track.arm`, `leg`, `spine`, `neck`, `pelvis`) take anatomical angles in degrees (flex forward,
 abduct outward, twist outward = external rotation, ...) for either side and map them to signed channels.
 
-`ACTIONS` lists every action with its training paraphrases and its held-out (test-only) paraphrases.
+`ACTIONS` lists every action with its training paraphrases and its held-out (test-only) paraphrases; the
+table is data, ``engine/corpus/data/synth_actions.json`` (one entry per action: the program it runs
+from `PROGRAMS` and its arguments, texts, group, duration and planner flags).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 
+from engine.corpus.tables import load_table
 from engine.corpus.types import CorpusError
 
 # Joint indices (engine.corpus.skeleton.JOINT_NAMES order).
@@ -873,251 +877,68 @@ class ActionSpec:
         return self.texts + self.test_texts
 
 
-def _g(fwd, lat, hz, lean, elbow, arm, kswing, kstance, bias=2.0, flight=0.0, stance=0.58) -> Callable[[Track], None]:
-    return partial(act_gait, g=Gait(fwd, lat, hz, lean, elbow, arm, kswing, kstance, bias, flight, stance))
+_SIDES = {"left": LEFT, "right": RIGHT}
+# The programs an action table entry may name ("program"), and the argument each takes ("args").
+PROGRAMS: dict[str, Callable[..., None]] = {
+    "idle": act_idle, "gait": act_gait, "turn": act_turn, "spin": act_spin, "jump": _jump,
+    "jumping_jacks": act_jumping_jacks, "hop": act_hop, "kick": act_kick, "punch": act_punch,
+    "boxing": act_boxing, "wave": act_wave, "raise": act_raise, "squat": act_squat, "sit_down": act_sit_down,
+    "stand_up": act_stand_up, "sit_still": act_sit_still, "bow": act_bow, "clap": act_clap, "crawl": act_crawl,
+    "throw": act_throw, "balance": act_balance, "stretch": act_stretch, "dance": act_dance,
+    "kung_fu_pose": act_kung_fu_pose, "touch_toes": act_touch_toes, "lunge": act_lunge,
+    "arm_circles": act_arm_circles, "march": act_march, "salute": act_salute, "drink": act_drink,
+    "look_around": act_look_around, "pick_up": act_pick_up, "push": act_push, "shrug": act_shrug,
+    "golf_swing": act_golf_swing,
+}
+ACTIONS_TABLE = "synth_actions.json"
 
 
-_SIDE_WORD = {LEFT: "left", RIGHT: "right"}
+def _program(entry: dict[str, Any]) -> Callable[[Track], None]:
+    fn = PROGRAMS[entry["program"]]
+    kw: dict[str, Any] = {}
+    for k, v in entry.get("args", {}).items():
+        if k == "side":
+            kw[k] = _SIDES[v]
+        elif k == "sides":
+            kw[k] = tuple(_SIDES[s] for s in v)
+        else:
+            kw[k] = v
+    if "gait_params" in entry:
+        kw["g"] = Gait(**entry["gait_params"])
+    return partial(fn, **kw) if kw else fn
 
 
-def _spec(name, texts, test_texts, group, dur_s, fn, **kw) -> ActionSpec:
-    return ActionSpec(name, tuple(texts), tuple(test_texts), group, dur_s, fn, **kw)
+def action_spec(entry: dict[str, Any]) -> ActionSpec:
+    """One ActionSpec from an entry of the action table (see engine/corpus/data/synth_actions.json)."""
+    name = str(entry.get("name", "?"))
+    try:
+        fn = _program(entry)
+        flags: dict[str, Any] = {k: entry[k] for k in ("long_ok", "free_side", "gait") if k in entry}
+        if "state" in entry:
+            flags["state"] = tuple(entry["state"])
+        if "travel_m_s" in entry:
+            flags["travel_m_s"] = tuple(entry["travel_m_s"])
+        elif "gait_params" in entry:  # a gait travels at its nominal velocity (x left, z forward)
+            flags["travel_m_s"] = (entry["gait_params"]["lateral_m_s"], entry["gait_params"]["forward_m_s"])
+        return ActionSpec(name, tuple(entry["texts"]), tuple(entry["test_texts"]), entry["group"],
+                          tuple(entry["dur_s"]), fn, **flags)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorpusError(f"{ACTIONS_TABLE} action {name!r}", f"bad entry: {e!r}") from None
 
 
-def _build_actions() -> dict[str, ActionSpec]:
-    a: list[ActionSpec] = []
-    a.append(_spec("idle", ["a person stands still", "someone is standing in place", "a person stands idle",
-                            "the person stands and waits", "standing still"],
-                   ["a man stands around doing nothing", "someone waits on the spot without moving"],
-                   "idle", (1.5, 8.0), act_idle, long_ok=True))
-    # ---------------------------------------------------------------- locomotion
-    gaits = [
-        ("walk_forward", _g(1.3, 0, 0.95, 3, 15, 16, 55, 5),
-         ["a person walks forward", "someone walks straight ahead", "a person is walking",
-          "a man walks forward at a normal pace", "walking forward"],
-         ["a person strolls ahead at an ordinary speed", "somebody takes a walk in a straight line"], (3, 18)),
-        ("walk_slow", _g(0.7, 0, 0.72, 2, 12, 9, 45, 4),
-         ["a person walks slowly", "someone walks forward at a slow pace", "a person slowly walks ahead",
-          "walking slowly forward"],
-         ["a person ambles along very slowly", "someone takes slow, careful steps forward"], (3, 15)),
-        ("walk_fast", _g(1.8, 0, 1.1, 5, 25, 28, 52, 6),
-         ["a person walks fast", "someone walks quickly forward", "a person walks briskly",
-          "a man hurries forward at a fast walk"],
-         ["somebody power walks ahead", "a person walks forward in a hurry"], (3, 15)),
-        ("walk_backward", _g(-0.8, 0, 0.85, -1, 15, 12, 45, 6),
-         ["a person walks backward", "someone walks backwards", "a person steps backward several times",
-          "walking in reverse"],
-         ["a man retreats by walking backwards", "someone backs up step by step"], (2, 10)),
-        ("walk_left", _g(0, 0.6, 0.85, 1, 15, 0, 40, 6),
-         ["a person sidesteps to the left", "someone walks sideways to the left",
-          "a person steps sideways to their left", "moving sideways to the left"],
-         ["a man shuffles along to his left", "somebody side-steps leftward"], (2, 9)),
-        ("walk_right", _g(0, -0.6, 0.85, 1, 15, 0, 40, 6),
-         ["a person sidesteps to the right", "someone walks sideways to the right",
-          "a person steps sideways to their right", "moving sideways to the right"],
-         ["a man shuffles along to his right", "somebody side-steps rightward"], (2, 9)),
-        ("jog_forward", _g(2.2, 0, 1.3, 5, 72, 28, 70, 12, 6, 0.02, 0.42),
-         ["a person jogs forward", "someone is jogging", "a person jogs at an easy pace",
-          "jogging straight ahead"],
-         ["a man goes for a light jog", "somebody trots forward"], (3, 18)),
-        ("jog_backward", _g(-1.4, 0, 1.35, -2, 80, 22, 75, 14, 4, 0.02, 0.42),
-         ["a person jogs backward", "someone runs backwards slowly", "a person jogs in reverse",
-          "jogging backwards"],
-         ["a man backpedals at a jog", "somebody trots backwards"], (2, 9)),
-        ("jog_left", _g(0, 1.4, 1.3, 3, 80, 0, 60, 16, 2, 0.02),
-         ["a person shuffles quickly to the left", "someone jogs sideways to the left",
-          "a person side-shuffles left", "a quick sideways shuffle to the left"],
-         ["a man does fast lateral steps to his left", "somebody slides sideways to the left at speed"],
-         (2, 7)),
-        ("jog_right", _g(0, -1.4, 1.3, 3, 80, 0, 60, 16, 2, 0.02),
-         ["a person shuffles quickly to the right", "someone jogs sideways to the right",
-          "a person side-shuffles right", "a quick sideways shuffle to the right"],
-         ["a man does fast lateral steps to his right", "somebody slides sideways to the right at speed"],
-         (2, 7)),
-        ("run_forward", _g(3.0, 0, 1.45, 11, 90, 40, 88, 18, 14, 0.04, 0.36),
-         ["a person runs forward", "someone is running", "a person runs straight ahead",
-          "a man runs at a steady pace"],
-         ["a person dashes forward", "somebody runs along quickly"], (3, 15)),
-        ("run_fast", _g(3.9, 0, 1.62, 16, 95, 48, 75, 20, 16, 0.05, 0.32),
-         ["a person sprints", "someone runs as fast as they can", "a person sprints forward",
-          "a man runs very fast"],
-         ["an athlete bolts forward at full speed", "somebody races ahead at top speed"], (2, 10)),
-    ]
-    for name, fn, texts, test_texts, dur in gaits:
-        g = fn.keywords["g"]
-        a.append(_spec(name, texts, test_texts, "locomotion", dur, fn, long_ok=True, gait=True,
-                       travel_m_s=(g.lateral_m_s, g.forward_m_s)))
-    a.append(_spec("push", ["a person pushes something heavy forward", "someone pushes an object while walking",
-                            "a person leans forward and pushes", "pushing a heavy load ahead"],
-                   ["a man shoves a heavy cart in front of him", "somebody pushes against something and moves it"],
-                   "locomotion", (3, 12), act_push, long_ok=True, gait=True, travel_m_s=(0.0, 0.45)))
-    a.append(_spec("crawl", ["a person crawls on hands and knees", "someone crawls forward",
-                             "a person gets down and crawls", "crawling on all fours"],
-                   ["a man moves forward on all fours like a baby", "somebody creeps along the floor"],
-                   "locomotion", (5, 14), act_crawl, long_ok=True))
-    # ---------------------------------------------------------------- turning
-    for side, word in ((LEFT, "left"), (RIGHT, "right")):
-        a.append(_spec(f"turn_{word}", [f"a person turns to the {word}", f"someone turns around to their {word}",
-                                        f"a person turns {word} in place", f"turning {word}"],
-                       [f"a man rotates his body to the {word}", f"somebody pivots on the spot toward the {word}"],
-                       "turn", (1.2, 3.0), partial(act_turn, side=side)))
-    a.append(_spec("spin", ["a person spins around", "someone does a full turn on the spot",
-                            "a person twirls around", "spinning in a circle"],
-                   ["a man pirouettes quickly", "somebody whirls around 360 degrees"],
-                   "turn", (1.2, 3.5), act_spin, free_side=True))
-    # ---------------------------------------------------------------- jumps
-    a.append(_spec("jump_in_place", ["a person jumps in place", "someone jumps up and down",
-                                     "a person jumps straight up", "jumping on the spot"],
-                   ["a man hops up vertically with both feet", "somebody leaps up where they stand"],
-                   "jump", (1.1, 4.5), partial(_jump, forward=False)))
-    a.append(_spec("jump_forward", ["a person jumps forward", "someone leaps forward",
-                                    "a person does a long jump", "jumping ahead with both feet"],
-                   ["a man bounds forward with a two-footed jump", "somebody broad jumps"],
-                   "jump", (1.25, 4.0), partial(_jump, forward=True)))
-    a.append(_spec("jumping_jacks", ["a person does jumping jacks", "someone performs jumping jacks",
-                                     "a person jumps while opening and closing arms and legs",
-                                     "doing star jumps"],
-                   ["a man exercises with jumping jacks", "somebody does a set of star jumps"],
-                   "jump", (2.0, 10.0), act_jumping_jacks, long_ok=True))
-    a.append(_spec("hop_one_leg", ["a person hops on one leg", "someone hops on one foot",
-                                   "a person jumps repeatedly on a single leg", "hopping on one foot"],
-                   ["a man bounces on one foot", "somebody hops with one leg raised"],
-                   "jump", (1.5, 6.0), act_hop, free_side=True))
-    # ---------------------------------------------------------------- strikes
-    for side, word in ((LEFT, "left"), (RIGHT, "right")):
-        a.append(_spec(f"kick_{word}", [f"a person kicks with the {word} leg", f"someone kicks with their {word} foot",
-                                        f"a person does a {word} front kick", f"kicking forward with the {word} leg"],
-                       [f"a man kicks something in front of him with his {word} foot",
-                        f"a fighter throws a {word}-legged kick"],
-                       "strike", (1.75, 5.0), partial(act_kick, side=side)))
-        a.append(_spec(f"punch_{word}", [f"a person punches with the {word} hand",
-                                         f"someone throws a {word} punch",
-                                         f"a person punches forward with the {word} fist",
-                                         f"punching with the {word} arm"],
-                       [f"a boxer jabs with his {word} hand", f"somebody strikes straight ahead with the {word} fist"],
-                       "strike", (1.0, 4.0), partial(act_punch, side=side)))
-    a.append(_spec("boxing", ["a person shadow boxes", "someone throws punches with both hands",
-                              "a person boxes, punching left and right", "boxing in the air"],
-                   ["a fighter throws a flurry of alternating punches", "somebody spars against an imaginary opponent"],
-                   "strike", (2.5, 10.0), act_boxing, long_ok=True))
-    a.append(_spec("kung_fu_pose", ["a person holds a kung fu pose", "someone strikes a kung fu stance",
-                                    "a person stands in a horse stance with a palm strike",
-                                    "a martial artist holds a fighting pose",
-                                    "a person does a kung fu move and holds it"],
-                   ["a man sinks into a wide martial arts stance, one palm pushed out",
-                    "somebody freezes in a kung fu posture"],
-                   "strike", (2.5, 10.0), act_kung_fu_pose, free_side=True, long_ok=True))
-    a.append(_spec("throw", ["a person throws a ball", "someone throws something overhand",
-                             "a person winds up and throws", "throwing an object forward"],
-                   ["a man pitches a baseball", "somebody hurls a stone as far as possible"],
-                   "strike", (1.7, 5.0), act_throw, free_side=True))
-    # ---------------------------------------------------------------- arm gestures
-    for sides, word, hand in (((LEFT,), "left", "the left hand"), ((RIGHT,), "right", "the right hand"),
-                              ((LEFT, RIGHT), "both", "both hands")):
-        a.append(_spec(f"wave_{word}", [f"a person waves with {hand}",
-                                        f"someone waving {'their ' + word + ' arm' if word != 'both' else 'both arms'}",
-                                        f"a person waves hello with {hand}", f"waving {hand}"],
-                       [f"a man greets somebody by waving {hand}",
-                        f"somebody waves goodbye with {hand}"],
-                       "gesture", (1.2, 6.0), partial(act_wave, sides=sides)))
-        a.append(_spec(f"raise_{word}_hand" if word != "both" else "raise_both_hands",
-                       [f"a person raises {hand}", f"someone puts {hand} up in the air",
-                        f"a person lifts {hand} above the head",
-                        f"raising {'the ' + word + ' arm' if word != 'both' else 'both arms'} overhead"],
-                       [f"a man reaches up high with {hand}",
-                        f"somebody holds {hand} up over the head"],
-                       "gesture", (1.5, 6.0), partial(act_raise, sides=sides)))
-    a.append(_spec("clap", ["a person claps", "someone claps their hands", "a person applauds",
-                            "clapping hands in front of the chest"],
-                   ["a man gives a round of applause", "somebody claps enthusiastically"],
-                   "gesture", (0.7, 5.0), act_clap))
-    a.append(_spec("arm_circles", ["a person makes circles with both arms", "someone rotates their arms in circles",
-                                   "a person does arm circles with arms out to the side",
-                                   "circling the arms"],
-                   ["a man warms up his shoulders by circling his arms",
-                    "somebody swings outstretched arms around in small circles"],
-                   "gesture", (2.0, 8.0), act_arm_circles, long_ok=True))
-    a.append(_spec("salute", ["a person salutes", "someone gives a military salute",
-                              "a person raises the right hand to the forehead in a salute", "saluting"],
-                   ["a soldier salutes an officer", "somebody touches the brow with the right hand in salute"],
-                   "gesture", (1.5, 4.0), act_salute))
-    a.append(_spec("drink", ["a person drinks from a cup", "someone takes a drink",
-                             "a person raises a glass to the mouth and drinks", "drinking something"],
-                   ["a man sips from a bottle", "somebody takes a sip of coffee"],
-                   "gesture", (2.0, 6.0), act_drink, free_side=True))
-    a.append(_spec("shrug", ["a person shrugs", "someone shrugs their shoulders",
-                             "a person shrugs with palms up", "shrugging"],
-                   ["a man gestures that he does not know", "somebody lifts both shoulders in confusion"],
-                   "gesture", (1.0, 3.5), act_shrug))
-    a.append(_spec("look_around", ["a person looks around", "someone looks left and right",
-                                   "a person turns the head and upper body to look around", "looking around"],
-                   ["a man scans his surroundings", "somebody glances from side to side"],
-                   "idle", (2.5, 8.0), act_look_around, free_side=True, long_ok=True))
-    # ---------------------------------------------------------------- postures and exercises
-    a.append(_spec("squat", ["a person squats", "someone does squats", "a person squats down and stands up",
-                             "squatting"],
-                   ["a man performs deep knee bends", "somebody crouches down low and rises again"],
-                   "exercise", (2.0, 10.0), act_squat, long_ok=True))
-    a.append(_spec("lunge", ["a person does lunges", "someone lunges forward", "a person performs alternating lunges",
-                             "lunging forward one leg at a time"],
-                   ["a man steps forward into a lunge and back", "somebody does split squats"],
-                   "exercise", (2.0, 10.0), act_lunge, long_ok=True))
-    a.append(_spec("touch_toes", ["a person bends down to touch the toes", "someone touches their toes",
-                                  "a person bends forward and reaches for the feet", "touching the toes"],
-                   ["a man stretches his hamstrings by folding forward", "somebody folds over and reaches the floor"],
-                   "exercise", (2.5, 9.0), act_touch_toes))
-    a.append(_spec("stretch", ["a person stretches", "someone stretches with arms overhead",
-                               "a person raises both arms and bends side to side", "stretching the body"],
-                   ["a man does side stretches", "somebody limbers up, leaning left and right with arms up"],
-                   "exercise", (3.0, 10.0), act_stretch, long_ok=True))
-    a.append(_spec("march_in_place", ["a person marches in place", "someone marches on the spot",
-                                      "a person lifts the knees high in place", "marching without moving"],
-                   ["a man does high knees on the spot", "somebody stomps in place like a soldier"],
-                   "exercise", (2.0, 10.0), act_march, long_ok=True))
-    for side, word in ((LEFT, "left"), (RIGHT, "right")):
-        a.append(_spec(f"balance_{word}_leg", [f"a person balances on the {word} leg",
-                                               f"someone stands on their {word} foot",
-                                               f"a person stands on the {word} leg with arms out",
-                                               f"balancing on one leg, the {word} one"],
-                       [f"a man keeps his balance on his {word} foot",
-                        f"somebody lifts the other leg and stays on the {word} one"],
-                       "balance", (2.0, 8.0), partial(act_balance, side=side), long_ok=True))
-    a.append(_spec("dance", ["a person dances", "someone dances side to side", "a person does some dance steps",
-                             "dancing with arm swings"],
-                   ["a man grooves to the music", "somebody bops around to a beat"],
-                   "dance", (3.0, 15.0), act_dance, long_ok=True))
-    a.append(_spec("bow", ["a person bows", "someone bows forward", "a person bends at the waist to bow",
-                           "bowing politely"],
-                   ["a man takes a bow", "somebody gives a respectful bow"],
-                   "posture", (1.8, 5.0), act_bow))
-    a.append(_spec("pick_up", ["a person picks something up from the ground", "someone bends down to pick up an object",
-                               "a person lifts an item off the floor", "picking something up"],
-                   ["a man grabs a box from the floor", "somebody reaches down and collects something"],
-                   "posture", (2.0, 4.5), act_pick_up, free_side=True))
-    a.append(_spec("golf_swing", ["a person swings a golf club", "someone plays golf",
-                                  "a person does a golf swing", "swinging a golf club"],
-                   ["a golfer tees off", "somebody takes a full swing at a golf ball"],
-                   "strike", (2.5, 7.0), act_golf_swing, free_side=True))
-    # ---------------------------------------------------------------- sitting
-    a.append(_spec("sit_down", ["a person sits down", "someone sits down on a chair", "a person takes a seat",
-                                "sitting down"],
-                   ["a man lowers himself onto a chair", "somebody sits down on a bench"],
-                   "sit", (1.3, 2.8), act_sit_down, state=("stand", "sit")))
-    a.append(_spec("sit_still", ["a person sits on a chair", "someone is sitting", "a person sits and rests",
-                                 "sitting still"],
-                   ["a man stays seated and looks around", "somebody sits quietly on a stool"],
-                   "sit", (2.0, 12.0), act_sit_still, state=("sit", "sit")))
-    a.append(_spec("stand_up", ["a person stands up", "someone gets up from a chair", "a person rises from the seat",
-                                "standing up"],
-                   ["a man gets to his feet", "somebody pushes up out of a chair"],
-                   "sit", (1.3, 2.8), act_stand_up, state=("sit", "stand")))
-    out = {s.name: s for s in a}
-    if len(out) != len(a):  # pragma: no cover - table bug
-        raise RuntimeError("duplicate action names")
+def load_actions(entries: list[dict[str, Any]] | None = None) -> dict[str, ActionSpec]:
+    """The action table (default: the package's synth_actions.json), in table order."""
+    entries = load_table(ACTIONS_TABLE, "actions") if entries is None else entries
+    out = {}
+    for entry in entries:
+        spec = action_spec(entry)
+        if spec.name in out:
+            raise CorpusError(ACTIONS_TABLE, f"duplicate action name {spec.name!r}")
+        out[spec.name] = spec
     return out
 
 
-ACTIONS: dict[str, ActionSpec] = _build_actions()
+ACTIONS: dict[str, ActionSpec] = load_actions()
 
 
 def action_texts(name: str, split: str = "train") -> tuple[str, ...]:
