@@ -108,19 +108,24 @@ class Manifest:
     def from_dict(cls, d: dict[str, Any], where: str = MANIFEST) -> Manifest:
         if d.get("kind") != KIND:
             raise CorpusError(where, f"not a chunk index manifest (kind={d.get('kind')!r})")
-        if int(d.get("format_version", 0)) > FORMAT_VERSION:
-            raise CorpusError(where, f"format version {d.get('format_version')} is newer than this engine "
-                                     f"({FORMAT_VERSION})")
+        fv = d.get("format_version", 0)
+        if isinstance(fv, bool) or not isinstance(fv, int):
+            raise CorpusError(where, f"malformed manifest: format_version must be an integer (got {fv!r})")
+        if fv > FORMAT_VERSION:
+            raise CorpusError(where, f"format version {fv} is newer than this engine ({FORMAT_VERSION})")
+        files = d.get("files")
+        if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
+            raise CorpusError(where, "malformed manifest: files must be an object of {name: {sha256, bytes}}")
         try:
             d = dict(d)
-            d["files"] = {k: FileEntry(**v) for k, v in d["files"].items()}
+            d["files"] = {k: FileEntry(**v) for k, v in files.items()}
             if d.get("recall") is not None:
                 d["recall"] = RecallReport(**d["recall"])
             if d.get("localizer") is not None:
                 d["localizer"] = LocalizerRef(**d["localizer"])
             known = {f.name for f in dataclasses.fields(cls)}
             return cls(**{k: v for k, v in d.items() if k in known})
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise CorpusError(where, f"malformed manifest: {e}") from e
 
     def write(self, version_dir: Path) -> None:
@@ -174,10 +179,13 @@ def read_current(index_dir: str | os.PathLike) -> str | None:
     """The live version's name, or None for an index directory that has none yet."""
     p = Path(index_dir) / CURRENT
     try:
-        name = p.read_text().strip()
+        name = p.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
-    if not name or "/" in name or name.startswith("."):
+    except (UnicodeDecodeError, OSError) as e:
+        raise CorpusError(str(p), f"unreadable version pointer ({e}); rebuild or point CURRENT at a version "
+                                  "under versions/") from None
+    if not name or "/" in name or "\\" in name or name.startswith(".") or not name.isprintable() or len(name) > 200:
         raise CorpusError(str(p), f"bad version pointer {name!r}")
     return name
 

@@ -287,6 +287,13 @@ def _write_blocks(b: BuildState, edir: Path, pieces: Iterable[tuple[int, np.ndar
         if vecs.shape != (len(block), embed_dim):
             raise RuntimeError(f"{name} embed backend: block {k} came back with shape {vecs.shape}, "
                                f"expected {(len(block), embed_dim)}")
+        bad = ~np.isfinite(vecs).all(axis=1)
+        if bad.any():  # a NaN vector would never be found and fails the index's own verify: name the motion
+            c = block[int(np.flatnonzero(bad)[0])]
+            motion = next((m for m in b.req.motions if m.motion_id == c.motion_id), None)
+            raise CorpusError(f"motion {c.motion_id}" + (f" ({motion.name})" if motion else ""),
+                              f"its chunk {c.chunk_id} embeds to a non-finite vector ({int(bad.sum())} such "
+                              "chunks in this block); check the motion's values (engine data show / verify)")
         write_embeddings(edir / f"block-{k:06d}.arrow",
                          Embeddings(np.array([c.chunk_id for c in block], np.int64),
                                     np.array([c.motion_id for c in block], np.int64), vecs))

@@ -124,7 +124,22 @@ def verify(index_dir: str | os.PathLike, corpus=None, deep: bool = True) -> Veri
     return rep
 
 
+def _check_model(vdir: Path, man: Manifest, rep: VerifyReport) -> None:
+    """The retrieval model loads the way `engine search` loads it (weights only) and has the manifest's
+    fingerprint: verify-OK means loadable, not only "the bytes match their recorded hash"."""
+    from indexer.model import RetrievalModel
+
+    try:
+        model = RetrievalModel.load(vdir / MODEL_FILE)
+    except (ValueError, OSError) as e:
+        rep.problems.append(f"{MODEL_FILE}: does not load as search loads it: {e}")
+        return
+    if model.fingerprint() != man.model_fingerprint:
+        rep.problems.append(f"{MODEL_FILE}: weights differ from the manifest's model fingerprint")
+
+
 def _deep_check(vdir: Path, man: Manifest, rep: VerifyReport, corpus) -> None:
+    _check_model(vdir, man, rep)
     faiss = load_faiss()
     config = IndexConfig.from_dict(man.config)
     with ChunkDB(vdir / CHUNKS_DB) as db:
