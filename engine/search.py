@@ -258,14 +258,20 @@ class Searcher:
     def moment_r(self, query_vec: np.ndarray, motion_id: int, start_s: float, end_s: float) -> float:
         """The best similarity to `query_vec` among the motion's chunks that cover the moment: overlap at least
         half of the shorter of chunk and moment (the chunk nearest the moment if none does)."""
-        spans, vecs = self.index.motion_chunks(motion_id)
+        return float(self.moment_rs(query_vec, motion_id, np.array([[start_s, end_s]]))[0])
+
+    def moment_rs(self, query_vec: np.ndarray, motion_id: int, spans_s: np.ndarray) -> np.ndarray:
+        """`moment_r` of several moments of one motion at once: (M, 2) spans -> (M,)."""
+        chunks, vecs = self.index.motion_chunks(motion_id)
         sim = vecs @ query_vec  # (C,)
-        inter = np.clip(np.minimum(spans[:, 1], end_s) - np.maximum(spans[:, 0], start_s), 0.0, None)
-        shorter = np.maximum(np.minimum(spans[:, 1] - spans[:, 0], end_s - start_s), 1e-9)
+        a, b = spans_s[:, 0:1], spans_s[:, 1:2]  # (M, 1)
+        inter = np.clip(np.minimum(chunks[None, :, 1], b) - np.maximum(chunks[None, :, 0], a), 0.0, None)  # (M, C)
+        shorter = np.maximum(np.minimum(chunks[None, :, 1] - chunks[None, :, 0], b - a), 1e-9)  # (M, C)
         cover = inter / shorter >= 0.5
-        if not cover.any():
-            cover = inter == inter.max()
-        return float(sim[cover].max())
+        none = ~cover.any(axis=1)
+        if none.any():  # the chunk(s) nearest the moment
+            cover[none] = inter[none] == inter[none].max(axis=1, keepdims=True)
+        return np.where(cover, sim[None, :], -np.inf).max(axis=1)
 
     def clear_caches(self) -> None:
         """Forget encoded motions and labels (the next requests encode again)."""
@@ -376,8 +382,10 @@ class Searcher:
                 mine = spans[at: at + len(ids)]
                 at += len(ids)
                 if req.r_mode == "moment":
-                    hits = [[SpanHit(s.start_s, s.end_s, s.p_se, self.moment_r(qs[qi], mid, s.start_s, s.end_s))
-                             for s in row] for mid, row in zip(ids, mine)]
+                    hits = []
+                    for mid, row in zip(ids, mine):
+                        rs = self.moment_rs(qs[qi], mid, np.array([[s.start_s, s.end_s] for s in row]).reshape(-1, 2))
+                        hits.append([SpanHit(s.start_s, s.end_s, s.p_se, float(r)) for s, r in zip(row, rs)])
                 else:
                     hits = [[SpanHit(s.start_s, s.end_s, s.p_se) for s in row] for row in mine]
                 rankers[qi].add(ids, hits)
