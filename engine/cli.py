@@ -751,8 +751,9 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
     """Write a span of a motion: BVH (SMPL 22 joints, cm), .npy ((F, 22, 3) float32, m), JSON or GLB (glTF)."""
+    from engine.clipfile import serialize_clip
     from engine.corpus.io import atomic_write_bytes, check_output_target
-    from engine.export import FORMATS, ClipError, clip_joints, resolve_motion_id, serialize_clip
+    from engine.export import FORMATS, ClipError, clip_joints, resolve_motion_id
 
     fmt = fmt or (out.suffix.lower().lstrip(".") if out.suffix.lower().lstrip(".") in FORMATS else "bvh")
     check_output_target(out, force)

@@ -1,4 +1,5 @@
-"""Clip export: a span of a stored motion as BVH, .npy, JSON or GLB (glTF binary, `engine.export_glb`).
+"""Clip export: a span of a stored motion as BVH, .npy, JSON or GLB (glTF binary, `engine.export_glb`);
+`engine.clipfile` turns a cut clip into the bytes of a format.
 
 `clip_joints` cuts frames ``[start_frame, end_frame)`` out of a motion of the corpus store, where frame
 ``k`` covers ``[k / fps, (k + 1) / fps)`` (a motion of ``n_frames`` lasts ``n_frames / fps`` s, as in the
@@ -28,7 +29,6 @@ export then is the best rigid fit and the largest position error is logged as a 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
@@ -387,30 +387,6 @@ def _format_key(fmt: str, where: str) -> str:
     if key not in FORMATS:
         raise ClipError(where, f"unknown export format {fmt!r} (choose {', '.join(FORMATS)})")
     return key
-
-
-def serialize_clip(clip: Clip, fmt: str) -> ExportedClip:
-    """A cut clip as `fmt` (bvh | npy | json | glb) bytes with its media type and file name."""
-    key = _format_key(fmt, f"motion {clip.motion_id} ({clip.name!r})")
-    if key == "bvh":
-        data = to_bvh(clip).encode("utf-8")
-    elif key == "npy":
-        data = to_npy(clip)
-    elif key == "glb":
-        from engine.export_glb import to_glb
-
-        data = to_glb(clip)
-    else:
-        data = json.dumps(to_json(clip), separators=(",", ":")).encode("utf-8")
-    return ExportedClip(data=data, media_type=MEDIA_TYPES[key], filename=clip_filename(clip, key))
-
-
-def clip_bytes(store, motion_id: int, start_s: float | None = None, end_s: float | None = None,
-               fmt: str = "bvh") -> ExportedClip:
-    """A clip of a stored motion serialised as `fmt` (bvh | npy | json | glb); errors are `ClipError`
-    (`MotionNotFoundError` for an unknown motion id). None times mean the motion's start / end."""
-    _format_key(fmt, motion_label(store, motion_id))  # fail before reading any array
-    return serialize_clip(clip_joints(store, motion_id, start_s, end_s), fmt)
 
 
 # -------------------------------------------------------------------------------------------- corpus

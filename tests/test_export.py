@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from engine import export
+from engine import clipfile, export
 from engine.corpus import synth
 from engine.corpus.bvh import PRESETS, bvh_to_motion, read_bvh, retarget
 from engine.corpus.skeleton import JOINT_NAMES, PARENTS, bone_lengths
@@ -154,7 +154,7 @@ def test_npy_and_json_equal_the_stored_slice(store):
     assert arr.dtype == np.float32 and arr.shape == (30, 22, 3)
     np.testing.assert_array_equal(arr, joints[40:70])
 
-    out = export.clip_bytes(store, mid, 2.0, 3.5, "json")
+    out = clipfile.clip_bytes(store, mid, 2.0, 3.5, "json")
     assert out.media_type == "application/json" and out.filename.endswith("_2.00-3.50s.json")
     doc = json.loads(out.data)
     assert doc["motion_id"] == mid and doc["name"] == store.get_motion(mid, arrays=False).name
@@ -165,10 +165,10 @@ def test_npy_and_json_equal_the_stored_slice(store):
     np.testing.assert_allclose(frames, joints[40:70], atol=5.1e-5)
     assert frames.tolist() == np.round(frames, 4).tolist()
 
-    npy = export.clip_bytes(store, mid, 2.0, 3.5, "npy")
+    npy = clipfile.clip_bytes(store, mid, 2.0, 3.5, "npy")
     assert npy.media_type == "application/octet-stream" and npy.filename.endswith(".npy")
     np.testing.assert_array_equal(np.load(io.BytesIO(npy.data)), joints[40:70])
-    bvh = export.clip_bytes(store, mid, 2.0, 3.5, "BVH")
+    bvh = clipfile.clip_bytes(store, mid, 2.0, 3.5, "BVH")
     assert bvh.media_type.startswith("text/plain") and bvh.filename.endswith(".bvh")
     assert bvh.data.startswith(b"HIERARCHY\nROOT pelvis") and b"Frames: 30\nFrame Time: 0.05\n" in bvh.data
 
@@ -210,18 +210,18 @@ def test_clip_errors_name_the_motion(store, start, end, problem):
         export.clip_joints(store, mid, start, end)
     assert problem in str(e.value) and name in str(e.value) and str(mid) in str(e.value)
     with pytest.raises(ClipError):
-        export.clip_bytes(store, mid, start, end, "npy")
+        clipfile.clip_bytes(store, mid, start, end, "npy")
 
 
 def test_unknown_motion_and_format(store):
     with pytest.raises(MotionNotFoundError, match="motion 9999: no such motion"):
         export.clip_joints(store, 9999, 0.0, 1.0)
     with pytest.raises(MotionNotFoundError):
-        export.clip_bytes(store, 9999, 0.0, 1.0, "bvh")
+        clipfile.clip_bytes(store, 9999, 0.0, 1.0, "bvh")
     assert isinstance(MotionNotFoundError("a", "b"), ValueError)
     mid = store.motion_ids()[0]
     with pytest.raises(ClipError, match=r"unknown export format 'fbx'") as e:
-        export.clip_bytes(store, mid, 0.0, 1.0, "fbx")
+        clipfile.clip_bytes(store, mid, 0.0, 1.0, "fbx")
     assert store.get_motion(mid, arrays=False).name in str(e.value)
     name = store.get_motion(mid, arrays=False).name
     assert export.resolve_motion_id(store, name) == mid and export.resolve_motion_id(store, str(mid)) == mid
@@ -401,7 +401,7 @@ def _glb_forward(data: bytes) -> tuple[object, np.ndarray, np.ndarray]:
 def test_glb_forward_kinematics_equals_the_clip(store, tmp_path):
     for mid in store.motion_ids()[:3]:
         clip = export.clip_joints(store, mid, 1.3, min(_duration_s(store, mid), 6.2))
-        out = export.serialize_clip(clip, "glb")
+        out = clipfile.serialize_clip(clip, "glb")
         assert out.media_type == "model/gltf-binary" and out.filename.endswith(".glb")
         assert out.data[:4] == b"glTF"
         gltf, times, pos = _glb_forward(out.data)
@@ -432,7 +432,7 @@ def test_glb_turned_body_and_quaternion_signs(store):
     a = math.radians(90.0)
     rot = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
     clip = Clip(**{**clip.__dict__, "joints": (clip.joints.astype(np.float64) @ rot.T).astype(np.float32)})
-    _, _, pos = _glb_forward(export.serialize_clip(clip, "glb").data)
+    _, _, pos = _glb_forward(clipfile.serialize_clip(clip, "glb").data)
     assert float(np.abs(pos - clip.joints).max()) < GLB_TOL_M
     from engine.export_glb import glb_arrays
 
@@ -450,7 +450,7 @@ def test_glb_bandai(tmp_path):
         store.add_motions(bvh_to_motion(f) for f in files)
         mid = store.motion_ids()[0]
         clip = export.clip_joints(store, mid, 0.5, min(_duration_s(store, mid), 3.5))
-        _, times, pos = _glb_forward(export.serialize_clip(clip, "glb").data)
+        _, times, pos = _glb_forward(clipfile.serialize_clip(clip, "glb").data)
         assert len(times) == clip.n_frames
         err = float(np.abs(pos - clip.joints).max())
         assert err < GLB_TOL_M, f"{clip.name}: GLB FK differs from the clip by {err:.2e} m"
@@ -493,7 +493,7 @@ def test_glb_imports_in_blender(store, tmp_path):
 
     clip = export.clip_joints(store, store.motion_ids()[0], 1.0, 3.0)  # 40 frames at 20 fps
     path = tmp_path / "clip.glb"
-    path.write_bytes(export.serialize_clip(clip, "glb").data)
+    path.write_bytes(clipfile.serialize_clip(clip, "glb").data)
     script = tmp_path / "check.py"
     script.write_text(BLENDER_SCRIPT)
     res = subprocess.run([BLENDER, "--background", "--factory-startup", "--python", str(script), "--",

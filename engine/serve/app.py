@@ -312,7 +312,8 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
         format: str = Query("bvh", description="bvh | npy | json | glb"),
     ) -> Response:
         """A span of a motion as a BVH, NPY ((F, 22, 3) joints), JSON or GLB (glTF 2.0) file download."""
-        from engine.export import ClipError, clip_bytes
+        from engine.clipfile import clip_bytes
+        from engine.export import ClipError
 
         s = holder.get()
         with holder.store_lock:
