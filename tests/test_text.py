@@ -162,3 +162,26 @@ def test_bert_refuses_what_it_cannot_reproduce(tmp_path):
     with pytest.raises(ModelError, match=r"missing tokenizer\.json"):
         bert.BertModel(d3)
     assert bert.sentence_pipeline(text.minilm_path()) == bert.SentencePipeline(max_length=256)
+
+
+def test_a_query_is_encoded_once_for_its_sentence_and_tokens(single_thread):
+    from engine.corpus import bert
+
+    model = bert.BertModel(text.minilm_path())
+    calls = []
+    forward = model.forward
+    model.forward = lambda ids, mask: calls.append(tuple(ids.shape)) or forward(ids, mask)
+    q = "a person does a kung fu move"
+    emb, mask = model.hidden([q], 32)
+    vec = model.sentences([q], 256)
+    assert calls == [(1, mask.shape[1])]  # the sentence vector reused the token pass
+    # the same figures as the batched (padded) path, where the query shares a batch with a longer sentence
+    emb2, mask2 = model.hidden([q, "someone walks slowly across the room and sits down on a chair"], 32)
+    np.testing.assert_allclose(emb[0], emb2[0, : mask.shape[1]], atol=1e-5)
+    vec2 = model.sentences([q, "someone walks slowly across the room and sits down on a chair"], 256)
+    np.testing.assert_allclose(vec[0], vec2[0], atol=1e-6)
+    # a query longer than the token limit gets its own sentence pass (the 32-token states differ)
+    long_q = " ".join(["kick"] * 40)
+    model.hidden([long_q], 32)
+    model.sentences([long_q], 256)
+    assert calls[-2:] == [(1, 32), (1, 42)]

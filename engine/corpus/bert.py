@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -118,6 +120,8 @@ def sentence_pipeline(path: str | os.PathLike) -> SentencePipeline | None:
 class BertModel:
     """A frozen BERT encoder: WordPiece via `tokenizers`, forward in plain torch (fp32, inference mode)."""
 
+    recent_size = 64  # single sequences kept (query encodings shared by the sentence and token paths)
+
     def __init__(self, path: str | os.PathLike, device: str = "cpu"):
         import torch
         from safetensors.torch import load_file
@@ -174,6 +178,8 @@ class BertModel:
                 "out_w": g("output.dense.weight"), "out_b": g("output.dense.bias"),
                 "ln2_w": g("output.LayerNorm.weight"), "ln2_b": g("output.LayerNorm.bias"),
             })
+        self._lock = threading.Lock()
+        self._recent: OrderedDict[tuple[int, ...], object] = OrderedDict()
 
     # -- tokens -------------------------------------------------------------------------------------------
     def token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
@@ -227,6 +233,23 @@ class BertModel:
         for s in range(0, len(order), batch_size):
             yield order[s: s + batch_size]
 
+    def _one(self, ids: list[int]):
+        """Last hidden state (n, D) of one unpadded sequence, from a small LRU of recent sequences: a query
+        shorter than both limits is encoded once for its sentence vector and its tokens."""
+        key = tuple(ids)
+        with self._lock:
+            h = self._recent.get(key)
+            if h is not None:
+                self._recent.move_to_end(key)
+                return h
+        t, m = self._pad([ids])
+        h = self.forward(t, m)[0]
+        with self._lock:
+            self._recent[key] = h
+            while len(self._recent) > self.recent_size:
+                self._recent.popitem(last=False)
+        return h
+
     def hidden(self, texts: list[str], max_length: int, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Per-token last hidden states (B, N, D) float32 and mask (B, N) bool, N the longest in `texts`
         (padded to it, as a tokenizer called with padding=True and truncation to `max_length` does)."""
@@ -237,6 +260,10 @@ class BertModel:
         emb = np.zeros((len(ids), n, self.dim), dtype=np.float32)
         mask = np.zeros((len(ids), n), dtype=bool)
         with torch.inference_mode():
+            if len(ids) == 1:
+                emb[0] = self._one(ids[0]).float().cpu().numpy()
+                mask[0] = True
+                return emb, mask
             for group in self._batches(ids, batch_size):
                 t, m = self._pad([ids[i] for i in group])
                 h = self.forward(t, m).float().cpu().numpy()
@@ -254,6 +281,10 @@ class BertModel:
         ids = self.token_ids(list(texts), max_length)
         out = np.zeros((len(ids), self.dim), dtype=np.float32)
         with torch.inference_mode():
+            if len(ids) == 1:
+                h = self._one(ids[0])
+                pooled = h.sum(0, keepdim=True) / float(h.shape[0])
+                return F.normalize(pooled, p=2, dim=1).float().cpu().numpy()
             for group in self._batches(ids, batch_size):
                 t, m = self._pad([ids[i] for i in group])
                 h = self.forward(t, m)
