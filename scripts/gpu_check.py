@@ -273,23 +273,58 @@ def cli(args: list[str], timeout_s: float) -> tuple[float, subprocess.CompletedP
     return dt, r
 
 
-def step_index(device: str, quick: bool, work: Path, timeout_s: float) -> dict:
+def build_in_process(device: str, preset: str, corpus: Path, index: Path) -> dict:
+    """The same synth corpus and index build as the CLI's, called in this process (the fallback when the
+    CLI cannot run on this machine, e.g. another typer)."""
+    import dataclasses
+
+    from engine.corpus import synth
+    from engine.corpus.store import CorpusStore
+    from engine.home import default_localizer_path, default_retrieval_path, localizer_feature_fn
+    from indexer.build import IndexConfig, build_index
+    from indexer.model import load_retrieval
+
+    t0 = time.perf_counter()
+    with CorpusStore.open(corpus) as store:
+        store.add_motions(synth.generate(synth.PRESETS[preset], seed=0))
+    synth_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fn, tag = localizer_feature_fn(default_localizer_path(), device=device)
+    model = load_retrieval(default_retrieval_path(), device=device)
+    rep = build_index(corpus, index, model, IndexConfig(), device=device, motion_feature_fn=fn,
+                      motion_feature_tag=tag)
+    rep = dataclasses.asdict(rep) if dataclasses.is_dataclass(rep) else {"report": str(rep)}
+    return {"synth_s": round(synth_s, 2), "build_in_process_s": round(time.perf_counter() - t0, 2),
+            "report": rep}
+
+
+def step_index(device: str, quick: bool, work: Path, timeout_s: float, use_cli: bool = True) -> dict:
     corpus, index = work / "corpus", work / "index"
     preset = "tiny" if quick else "small"
-    synth_s, _ = cli(["data", "synth", "--preset", preset, "--out", str(corpus), "--json"], timeout_s)
     models = ROOT / "engine" / "models"
-    build_s, r = cli(["index", "build", "--corpus", str(corpus), "--out", str(index), "--model",
-                      str(models / "retrieval-demo"), "--localizer", str(models / "localizer-demo"),
-                      "--device", device, "--json"], timeout_s)
+    out: dict = {"corpus_preset": preset}
+    try:
+        if not use_cli:
+            raise RuntimeError("skipped (--no-cli)")
+        synth_s, _ = cli(["data", "synth", "--preset", preset, "--out", str(corpus), "--json"], timeout_s)
+        build_s, r = cli(["index", "build", "--corpus", str(corpus), "--out", str(index), "--model",
+                          str(models / "retrieval-demo"), "--localizer", str(models / "localizer-demo"),
+                          "--device", device, "--json"], timeout_s)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        out["cli_error"] = str(e)[-1500:]
+        shutil.rmtree(corpus, ignore_errors=True)
+        shutil.rmtree(index, ignore_errors=True)
+        out.update(build_in_process(device, preset, corpus, index))
+        return out
     try:
         rep = json.loads(r.stdout)
     except ValueError:
         rep = {"stdout_tail": r.stdout[-500:]}
-    return {"corpus_preset": preset, "synth_s": round(synth_s, 2), "build_process_s": round(build_s, 2),
-            "report": rep}
+    out.update(synth_s=round(synth_s, 2), build_process_s=round(build_s, 2), report=rep)
+    return out
 
 
-def step_search(device: str, quick: bool, work: Path, timeout_s: float) -> dict:
+def step_search(device: str, quick: bool, work: Path, timeout_s: float, use_cli: bool = True) -> dict:
     import numpy as np
     import torch
 
@@ -298,9 +333,16 @@ def step_search(device: str, quick: bool, work: Path, timeout_s: float) -> dict:
     index = work / "index"
     if not (index / "CURRENT").exists():
         return {"skipped": "no index (index_build failed)"}
-    cold_s, r = cli(["search", QUERIES[1], "--index", str(index), "--k", "200", "--limit", "5",
-                     "--device", device, "--json"], timeout_s)
-    out: dict = {"cold_process_s": round(cold_s, 2)}
+    out: dict = {}
+    if use_cli:
+        try:
+            cold_s, _ = cli(["search", QUERIES[1], "--index", str(index), "--k", "200", "--limit", "5",
+                             "--device", device, "--json"], timeout_s)
+            out["cold_process_s"] = round(cold_s, 2)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            out["cold_cli_error"] = str(e)[-1500:]
+    else:
+        out["cold_process_s"] = "skipped (--no-cli)"
     s_dev = Searcher(index, device=device)
     s_cpu = Searcher(index, device="cpu") if device != "cpu" else s_dev
     n_motions = len(s_dev.meta)
@@ -368,6 +410,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="Tiny sizes everywhere (a smoke test, e.g. on a CPU).")
     ap.add_argument("--random-text", action="store_true",
                     help="Random MiniLM-shaped text weights even when the real ones are installed.")
+    ap.add_argument("--no-cli", action="store_true",
+                    help="Build and search in this process only (no `engine` subprocesses).")
     ap.add_argument("--work", type=Path, default=None, help="Scratch directory (default: a temporary one).")
     args = ap.parse_args()
 
@@ -394,8 +438,10 @@ def main() -> None:
         sys.exit(1)
     chk.step("text_encoder", step_text, need_s=10, device=device, quick=args.quick)
     chk.step("faiss", step_faiss, need_s=20, device=device, quick=args.quick)
-    chk.step("index_build", step_index, need_s=60, device=device, quick=args.quick, work=work, timeout_s=per_cmd)
-    chk.step("search", step_search, need_s=40, device=device, quick=args.quick, work=work, timeout_s=per_cmd)
+    chk.step("index_build", step_index, need_s=60, device=device, quick=args.quick, work=work, timeout_s=per_cmd,
+             use_cli=not args.no_cli)
+    chk.step("search", step_search, need_s=40, device=device, quick=args.quick, work=work, timeout_s=per_cmd,
+             use_cli=not args.no_cli)
     train_s = min(args.train_s, max(0.0, chk.left_s() - 15))
     chk.step("train", step_train, need_s=20, device=device, quick=args.quick, seconds=train_s)
     failed = [n for n, s in chk.doc["steps"].items() if "error" in s]
