@@ -273,9 +273,10 @@ def token_encoder(name_or_path: str | None = None, device: str = "cpu", max_toke
 
 
 @lru_cache(maxsize=4)
-def sentence_encoder(name_or_path: str | None = None) -> SentenceEncoder:
-    """Process-wide cached SentenceEncoder."""
-    return SentenceEncoder(name_or_path)
+def sentence_encoder(name_or_path: str | None = None, device: str = "cpu") -> SentenceEncoder:
+    """Process-wide cached SentenceEncoder (on one device, a BERT model's weights shared with its
+    token encoder)."""
+    return SentenceEncoder(name_or_path, device=device)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
