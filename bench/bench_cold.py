@@ -23,9 +23,9 @@ import sys
 import time
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+def timed(cmd: list[str], env: dict[str, str], cwd: str | None = None) -> tuple[float, subprocess.CompletedProcess]:
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     return time.perf_counter() - t0, r
 
 
@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--query", default="kung fu pose")
     ap.add_argument("--k", type=int, default=200)
     ap.add_argument("--limit", type=int, default=5)
+    ap.add_argument("--baseline", default=None, metavar="DIR",
+                    help="Also time the same search run from another checkout (e.g. an older commit).")
     ap.add_argument("--no-imports", action="store_true", help="Skip the bare import commands.")
     ap.add_argument("--importtime", type=int, nargs="?", const=15, default=0, metavar="N",
                     help="Also list the N slowest top-level imports of one search (default 15).")
@@ -62,10 +64,12 @@ def main() -> None:
     env = {**os.environ}
     py = sys.executable
     search = [py, "-m", "engine.cli", "search", args.query, "--k", str(args.k), "--limit", str(args.limit)]
-    commands = {"engine search": search}
+    commands = {"engine search": (search, None)}
+    if args.baseline:
+        commands[f"engine search ({args.baseline})"] = (search, args.baseline)
     if not args.no_imports:
-        commands["import torch"] = [py, "-c", "import torch"]
-        commands["import sentence_transformers"] = [py, "-c", "import sentence_transformers"]
+        commands["import torch"] = ([py, "-c", "import torch"], None)
+        commands["import sentence_transformers"] = ([py, "-c", "import sentence_transformers"], None)
 
     # First run: builds the built-in index when absent, and warms the page cache. Not timed.
     warm_s, r = timed(search, env)
@@ -75,10 +79,10 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in commands}
     errors: dict[str, str] = {}
     for _ in range(args.runs):
-        for name, cmd in commands.items():
+        for name, (cmd, cwd) in commands.items():
             if name in errors:
                 continue
-            dt, r = timed(cmd, env)
+            dt, r = timed(cmd, env, cwd)
             if r.returncode != 0:
                 errors[name] = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
                 continue
@@ -90,6 +94,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "omp_num_threads": env.get("OMP_NUM_THREADS"),
         "first_run_s": round(warm_s, 3),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "results": {name: summary(t) for name, t in times.items() if t},
         "errors": errors,
     }
@@ -98,7 +103,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    print(f"cold `{out['command']}` ({args.runs} runs each, first run {warm_s:.2f} s not counted)")
+    print(f"cold `{out['command']}` ({args.runs} runs each, first run {warm_s:.2f} s not counted; "
+          f"load average {out['load_average_1m']})")
     for name, s in out["results"].items():
         print(f"  {name:30s} p50 {s['p50_s']:6.3f} s   min {s['min_s']:6.3f}   max {s['max_s']:6.3f}")
     for name, e in errors.items():

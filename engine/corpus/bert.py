@@ -188,7 +188,10 @@ class BertModel:
         if max_length < 2:
             raise ValueError(f"max_length {max_length} leaves no room for [CLS] and [SEP]")
         max_length = min(max_length, self.config.max_positions)
-        encs = self.tokenizer.encode_batch([str(t) for t in texts], add_special_tokens=False)
+        if len(texts) == 1:  # a query: no trip through the tokenizer's thread pool
+            encs = [self.tokenizer.encode(str(texts[0]), add_special_tokens=False)]
+        else:
+            encs = self.tokenizer.encode_batch([str(t) for t in texts], add_special_tokens=False)
         return [[self.cls_id, *e.ids[: max_length - 2], self.sep_id] for e in encs]
 
     def _pad(self, ids: list[list[int]]):
