@@ -6,7 +6,8 @@ product), so that chunk vectors can live in a FAISS inner-product index.
 - Motion: (x - mean) / std -> linear 263 -> d_model, a learnable [EMB] token in front, sinusoidal PE,
   transformer encoder (pre-norm off, GELU, key padding mask); the [EMB] output is L2-normalised,
   projected to `embed_dim` and normalised again.
-- Text: a frozen sentence encoder (MiniLM, 384-d, `engine.corpus.text.sentence_encoder`) -> projection
+- Text: a frozen sentence encoder (MiniLM, 384-d, `engine.corpus.text.sentence_encoder`: plain-torch BERT
+  on the model's device, `engine.corpus.bert`) -> projection
   (linear, or a small MLP) -> L2 norm. LoRA on the text encoder is not implemented (the encoder stays frozen).
 - Loss (`drop_triple_loss`): hinge triplet with margin 0.2 in both directions; warm-up epochs sum every
   violation, later epochs keep only the hardest negative; negatives that are probably positives
@@ -238,7 +239,7 @@ class RetrievalModel(nn.Module):
             from engine.corpus.text import sentence_encoder
 
             self._text_encoder = sentence_encoder(None if self.config.text_model == "minilm"
-                                                  else self.config.text_model)
+                                                  else self.config.text_model, device=str(self.device))
         return self._text_encoder
 
     # ------------------------------------------------------------------ tensors in, tensors out

