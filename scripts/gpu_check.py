@@ -343,24 +343,29 @@ def step_search(device: str, quick: bool, work: Path, timeout_s: float, use_cli:
             out["cold_cli_error"] = str(e)[-1500:]
     else:
         out["cold_process_s"] = "skipped (--no-cli)"
+    from engine.request import SearchRequest
+
     s_dev = Searcher(index, device=device)
     s_cpu = Searcher(index, device="cpu") if device != "cpu" else s_dev
-    n_motions = len(s_dev.meta)
+    n_motions = len(s_dev.motions)
     k = min(200, n_motions)
+
+    def req(q):
+        return SearchRequest(q, k=k, limit=10)
     queries = QUERIES[:4] if quick else QUERIES
     for q in queries[:2]:
-        s_dev.search(q, k=k, limit=10)  # warm-up: caches, kernels
+        s_dev.search(req(q))  # warm-up: caches, kernels
     lat, stages = [], {}
     same = []
     for q in queries:
         sync(device)
         t0 = time.perf_counter()
-        res = s_dev.search(q, k=k, limit=10)
+        res = s_dev.search(req(q))
         sync(device)
         lat.append(time.perf_counter() - t0)
         for name, v in (getattr(res, "timings_s", None) or {}).items():
             stages.setdefault(name, []).append(v)
-        ref = s_cpu.search(q, k=k, limit=10)
+        ref = s_cpu.search(req(q))
         key = [(m.motion_id, round(m.start_s, 2), round(m.end_s, 2)) for m in res.moments]
         rkey = [(m.motion_id, round(m.start_s, 2), round(m.end_s, 2)) for m in ref.moments]
         same.append(key == rkey)
@@ -368,7 +373,7 @@ def step_search(device: str, quick: bool, work: Path, timeout_s: float, use_cli:
     t0 = time.perf_counter()
     for _ in range(rounds):
         for q in queries:
-            s_dev.search(q, k=k, limit=10)
+            s_dev.search(req(q))
     sync(device)
     qps = rounds * len(queries) / (time.perf_counter() - t0)
     out.update(n_motions=n_motions, k=k, n_queries=len(queries), warm_p50_s=pct(lat, 50), warm_p95_s=pct(lat, 95),
