@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.corpus.device import resolve_device
+from engine.corpus.io import atomic_writer
 from engine.corpus.skeleton import FEATURE_DIM
 
 log = logging.getLogger(__name__)
@@ -197,12 +199,8 @@ class RetrievalModel(nn.Module):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the checkpoint atomically (temporary file, fsync, rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.checkpoint(), tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with atomic_writer(path) as tmp:
+            torch.save(self.checkpoint(), tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None,
@@ -303,13 +301,6 @@ def pad_windows(windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         x[i, : len(w)] = w
         valid[i, : len(w)] = True
     return x, valid
-
-
-def resolve_device(device: str | None) -> str:
-    """None -> 'cuda' when torch sees a GPU, else 'cpu' (probed at call time, never at import)."""
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_retrieval(run_dir: str | os.PathLike, device: str | None = None,

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.corpus.io import atomic_write_text, atomic_writer
 from engine.corpus.skeleton import FEATURE_DIM
 from engine.corpus.types import CorpusError
 from indexer.chunks import resample_window
@@ -267,17 +268,12 @@ def evaluate_retrieval(model: RetrievalModel, store, split: str = "test", block:
 
 # ---------------------------------------------------------------------------------------------- train
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_writer(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _param_groups(model: RetrievalModel, weight_decay: float) -> list[dict[str, Any]]:
