@@ -96,3 +96,19 @@ def test_a_non_finite_embedding_is_refused_naming_the_motion(pipeline, tmp_path,
     with pytest.raises(CorpusError, match=r"motion \d+ .*non-finite"):
         build_index(corpus, tmp_path / "idx", model, IndexConfig())
     assert read_current(tmp_path / "idx") is None  # nothing published
+
+
+def test_index_add_without_the_localizer_names_the_flag(pipeline, tmp_path):
+    """An index that caches the localizer's motion encoding cannot take new motions without it: the error
+    names `--localizer` (not an internal parameter)."""
+    from engine.corpus import synth
+    from engine.corpus.store import CorpusStore
+
+    corpus, index, _ = pipeline
+    c2, i2 = tmp_path / "corpus", tmp_path / "index"
+    shutil.copytree(corpus, c2)
+    shutil.copytree(index, i2)
+    with CorpusStore.open(c2, create=False) as st:
+        st.add_motions(synth.generate("tiny", seed=99))
+    r = runner.invoke(app, ["index", "add", str(i2), "--corpus", str(c2)])
+    assert r.exit_code != 0 and "--localizer" in r.output and "motion_feature_fn" not in r.output, r.output
