@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.corpus.types import IndexFileError, Moment, MotionInfo
+from engine.corpus.types import IndexFileError, ModelError, Moment, MotionInfo, RequestError
 from engine.request import MAX_QUERY_CHARS, R_MODES, SearchRequest, validate_query  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
@@ -196,6 +196,16 @@ class SearchResult:
                 "timings_s": {kk: round(v, 6) for kk, v in self.timings_s.items()}}
 
 
+def one_line(e: BaseException) -> str:
+    """An exception as one short line for a user: torch's weights-only refusal (several paragraphs that suggest
+    unpickling untrusted code) becomes what it means."""
+    text = str(e)
+    if "Weights only load failed" in text or "WeightsUnpickler" in text:
+        head = text.split(":", 1)[0] if text.split(":", 1)[0].endswith(".pt") else ""
+        return (f"{head}: " if head else "") + "not a checkpoint of weights (anything else is refused, never unpickled)"
+    return " ".join(text.split())[:500]
+
+
 class Searcher:
     """Loads an index (verified), its retrieval model, the localizer and the corpus once; answers requests.
 
@@ -233,7 +243,10 @@ class Searcher:
                             man.localizer.path)
             loc_path = default_localizer_path()
         self.localizer_path = loc_path
-        self.localizer = Localizer.load(loc_path, device=device, bf16=bf16)
+        try:
+            self.localizer = Localizer.load(loc_path, device=device, bf16=bf16)
+        except (ValueError, OSError, RuntimeError, KeyError) as e:  # not "cannot load the index": name the run
+            raise ModelError(str(loc_path), f"cannot load the localizer (--localizer): {one_line(e)}") from e
         self.localizer_fingerprint = self.localizer.fingerprint()
         # The index caches the localizer's query-independent motion encoding when built with the same
         # checkpoint (its tag is the checkpoint's sha256); otherwise motions are encoded on first use.
@@ -453,6 +466,8 @@ def load_searcher(index: str | Path | None = None, localizer: str | Path | None 
         raise IndexFileError(str(localizer), "no such localizer run directory (--localizer)")
     try:
         searcher = Searcher(index, localizer=localizer, device=device)
+    except (ModelError, RequestError):
+        raise  # a bad --localizer or --device, named as such
     except (EngineError, FileNotFoundError, ValueError, OSError) as e:
         where = getattr(index, "index_dir", index)
         raise IndexFileError(str(where), f"cannot load the index ({e}); check it with `engine index verify "

@@ -122,3 +122,13 @@ def test_cuda_on_a_cpu_build_is_one_line(tmp_path):
         pytest.skip("this machine has CUDA")
     r = runner.invoke(app, ["search", "walk", "--device", "cuda", "--index", str(tmp_path)])
     assert "no usable CUDA device" in _one_line_error(r)
+
+
+def test_a_bad_localizer_is_named_as_the_localizer(pipeline, tmp_path):
+    _, index, _ = pipeline
+    bad = tmp_path / "loc"
+    bad.mkdir()
+    (bad / "best.pt").write_bytes(b"not a checkpoint")
+    r = runner.invoke(app, ["search", "walk", "--index", str(index), "--localizer", str(bad)])
+    line = _one_line_error(r)
+    assert "localizer" in line and str(bad) in line and "cannot load the index" not in line
