@@ -8,8 +8,9 @@ retrieval model's embedding of the span's features (its central 10 s when longer
 1. FAISS: the top-k motions by their best chunk's similarity to the span embedding (`ChunkIndex.motion_best`);
    the example's own motion is left out unless `include_self`;
 2. each of these motions is represented by its windows (`engine.windows.WindowBank`: the index's 10 s chunks
-   plus 2, 4 and 6 s windows), each scored by its similarity to the span embedding; a window of the
-   example's motion that overlaps the example by IoU >= `self_iou` is never returned;
+   plus 2, 4 and 6 s windows; only the best `refine` motions get the short windows, the others their
+   chunks alone), each scored by its similarity to the span embedding; a window of the example's motion
+   that overlaps the example by IoU >= `self_iou` is never returned;
 3. within a motion, near-duplicates are dropped and at most `per_motion` kept (`engine.search.dedup_motion`,
    as text search does); the best `limit` moments overall are returned, ranked by that similarity.
 
@@ -86,7 +87,11 @@ class LikeSearcher:
         t2 = time.perf_counter()
         cands: list[tuple[tuple[float, int, float], Moment]] = []
         for order, mid in enumerate(ids):
-            spans, sim = self.bank.similarity(mid, q)
+            if order < req.refine:
+                spans, sim = self.bank.similarity(mid, q)
+            else:
+                spans, vecs = s.index.motion_chunks(mid)
+                sim = vecs @ q
             mine = []
             for (a, b), x in zip(spans.tolist(), sim.tolist()):
                 if (mid == req.motion_id and req.self_iou is not None

@@ -176,6 +176,9 @@ class LikeRequest:
     - `motion_id`, `start_s`, `end_s`: the example span (at least MIN_LIKE_SPAN_S long; `check_span` checks
       it against the motion once the corpus is known);
     - `k`: motions retrieved by chunk similarity to the span's embedding (capped at the corpus size);
+    - `refine`: of these, the best `refine` (by r) are represented by their 10 s chunks and their short
+      windows, the others by their chunks alone (embedding short windows costs ~1 s per motion on one CPU
+      thread the first time a motion is seen; they are cached);
     - `limit`, `dedup_iou`, `per_motion`: as in `SearchRequest`;
     - `include_self`: also return moments of the example's own motion (never the example itself: a
       moment of that motion overlapping it by IoU >= `self_iou` is always left out).
@@ -186,6 +189,7 @@ class LikeRequest:
     end_s: float
     k: int = 200
     limit: int = 10
+    refine: int = 30
     dedup_iou: float = 0.3
     per_motion: int = 2
     include_self: bool = False
@@ -204,6 +208,8 @@ class LikeRequest:
                                         f"{self.end_s - self.start_s:.3g} s long; the shortest is {MIN_LIKE_SPAN_S:g} s")
         _int_in("k", self.k, 1, MAX_K)
         _int_in("limit", self.limit, 1, MAX_LIMIT)
+        if self.refine != 0:
+            _int_in("refine", self.refine, 1, MAX_K)
         set_(self, "dedup_iou", _float_in("dedup_iou", self.dedup_iou, 0.0, 1.0))
         if self.per_motion != 0:
             _int_in("per_motion", self.per_motion, 1, MAX_TOP_M)

@@ -89,7 +89,8 @@ def test_ranking_equals_brute_force_over_every_window(searcher, like):
     a, b = 1.0, 1.0 + 3.0
     feats = np.asarray(searcher.store.features(mid))
     q = searcher.retrieval.encode_motion([feats[round(a * fps): round(b * fps)]])[0]
-    res = like.search(LikeRequest(mid, a, b, k=len(searcher.motions), limit=8, per_motion=0, dedup_iou=1.0))
+    res = like.search(LikeRequest(mid, a, b, k=len(searcher.motions), limit=8, refine=len(searcher.motions),
+                                  per_motion=0, dedup_iou=1.0))
     every = []
     for m, info in searcher.motions.items():
         if m == mid:
@@ -108,6 +109,19 @@ def test_ranking_equals_brute_force_over_every_window(searcher, like):
     got = [(m.score, m.motion_id, m.start_s, m.end_s) for m in res.moments]
     assert [g[0] for g in got] == pytest.approx([t[0] for t in every[:8]], abs=1e-4)
     assert {(g[1], round(g[2], 4)) for g in got} == {(t[1], round(t[2], 4)) for t in every[:8]}
+
+
+def test_refine_zero_returns_chunks_only(searcher, like):
+    """Without refinement every moment is one of its motion's 10 s chunks, with its stored embedding's score."""
+    mid = _a_motion(searcher)
+    a, b = 1.0, 4.0
+    q = like.embed(LikeRequest(mid, a, b))
+    res = like.search(LikeRequest(mid, a, b, k=len(searcher.motions), limit=20, refine=0))
+    assert res.moments
+    for m in res.moments:
+        spans, vecs = searcher.index.motion_chunks(m.motion_id)
+        j = [i for i, (s, e) in enumerate(spans.tolist()) if (s, e) == pytest.approx((m.start_s, m.end_s))]
+        assert j and m.score == pytest.approx(float(vecs[j[0]] @ q), abs=1e-5)
 
 
 def test_dedup_and_per_motion_cap(searcher, like):
@@ -135,6 +149,7 @@ def test_dedup_and_per_motion_cap(searcher, like):
     (dict(motion_id=1, start_s=0, end_s=float("inf")), "end_s"),
     (dict(motion_id=1, start_s=0, end_s=1, k=0), "k"),
     (dict(motion_id=1, start_s=0, end_s=1, limit=100_000), "limit"),
+    (dict(motion_id=1, start_s=0, end_s=1, refine=-1), "refine"),
 ])
 def test_bad_requests(kw, where):
     with pytest.raises(RequestError) as e:
