@@ -867,11 +867,26 @@ def search_cmd(
                                    "one motion (0: no cap); near-duplicates are always dropped."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Print the moments as JSON."),
+    like: str | None = typer.Option(None, "--like", help="More like this: moments similar to a span, "
+                                    "MOTION:START-END (MOTION an id or name as listed, START/END seconds), "
+                                    "instead of a query; uses --k, --limit, --per-motion."),
+    include_self: bool = typer.Option(False, "--include-self", help="With --like: also moments of the example's "
+                                      "own motion (never the example span itself)."),
 ) -> None:
     """Find the moments that match a sentence: ranked (motion, start-end s) with scores."""
     from engine.corpus.types import EngineError, RequestError
     from engine.request import SearchRequest
 
+    if like is not None:
+        if query is not None or queries is not None or run_out is not None:
+            fail("--like takes the place of a query: give no QUERY, --queries or --run-out with it")
+        if source or any(x is not None for x in (min_motion_s, max_motion_s, min_moment_s, max_moment_s)):
+            fail("--like does not take --source or the length filters")
+        _search_like(like, include_self, k=k, limit=limit, per_motion=per_motion, index=index,
+                     localizer=localizer, device=device, as_json=as_json)
+        return
+    if include_self:
+        fail("--include-self goes with --like")
     if (query is None) == (queries is None):
         fail('give one query (engine search "kung fu pose") or --queries FILE')
     batch = _read_queries(queries) if queries is not None else [("1", query)]
@@ -927,6 +942,65 @@ def search_cmd(
             t.add_row(str(m.rank), f"{m.motion_id} {m.name}", m.path or m.source, f"{m.start_s:7.2f} – {m.end_s:7.2f}",
                       f"{m.score:.3f}", f"{m.p_se:.3f}", f"{m.r:.3f}", m.label or "")
         console.print(t)
+
+
+def _parse_like(spec: str) -> tuple[str, float, float]:
+    """MOTION:START-END -> (motion, start_s, end_s); a bad spec is a one-line error naming --like."""
+    motion, sep, span = spec.rpartition(":")
+    start, dash, end = span.partition("-")
+    if not sep or not motion.strip() or not dash:
+        fail(f"--like {spec!r}: expected MOTION:START-END, e.g. --like 12:3.5-7 (seconds)")
+    try:
+        return motion.strip(), float(start), float(end)
+    except ValueError:
+        fail(f"--like {spec!r}: START and END must be numbers of seconds, e.g. --like 12:3.5-7")
+        raise  # unreachable: fail exits
+
+
+def _search_like(spec: str, include_self: bool, k: int, limit: int, per_motion: int, index: Path | None,
+                 localizer: Path | None, device: str, as_json: bool) -> None:
+    """`engine search --like MOTION:START-END`: "more like this" (engine/like.py), printed like a search."""
+    from engine.corpus.types import EngineError, RequestError
+    from engine.export import MotionNotFoundError, resolve_motion_id
+    from engine.like import search_like
+    from engine.request import LikeRequest
+    from engine.search import load_searcher
+
+    motion, start_s, end_s = _parse_like(spec)
+    if index is not None and not index.exists():
+        fail(f"{index}: no such index; build one with `engine index build --corpus CORPUS_DIR --out {index} "
+             "--model RUN_DIR`")
+    try:
+        with _progress() as prog:
+            searcher = load_searcher(index, localizer=localizer, device=device, progress=_bar_fn(prog),
+                                     notify=lambda m: typer.echo(m, err=True))
+        mid = resolve_motion_id(searcher.store, motion)
+        res = search_like(searcher, LikeRequest(mid, start_s, end_s, k=k, limit=limit, per_motion=per_motion,
+                                                include_self=include_self))
+    except MotionNotFoundError as e:
+        fail(f"--like: {e}")
+    except RequestError as e:
+        fail(f"--like {spec}: {e.where}: {e.problem}")
+    except EngineError as e:
+        fail(str(e))
+    if as_json:
+        print_json(res.to_dict()["moments"])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    info = searcher.motions[mid]
+    total_ms = 1000 * sum(res.timings_s.values())
+    t = Table(title=f"like {mid} {info.name} {res.request.start_s:.2f}–{res.request.end_s:.2f} s  "
+                    f"(k={res.k}, {total_ms:.0f} ms)")
+    for col, just in (("#", "right"), ("motion", "left"), ("source file", "left"), ("start–end (s)", "right"),
+                      ("similarity", "right"), ("label", "left")):
+        t.add_column(col, justify=just)
+    for m in res.moments:
+        t.add_row(str(m.rank), f"{m.motion_id} {m.name}", m.path or m.source, f"{m.start_s:7.2f} – {m.end_s:7.2f}",
+                  f"{m.score:.3f}", m.label or "")
+    console.print(t)
 
 
 def main() -> None:  # pragma: no cover

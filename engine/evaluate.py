@@ -21,6 +21,7 @@ import numpy as np
 
 from engine.corpus.store import CorpusStore
 from engine.corpus.types import RequestError
+from engine.windows import WindowBank, pyramid_windows  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -182,18 +183,6 @@ def localize_eval(corpus: str | Path, localizer_paths: dict[str, str | Path], ou
     return output
 
 
-def pyramid_windows(n_frames: int, sizes: Sequence[int], stride: int) -> np.ndarray:
-    """(W, 2) [start, end) frame windows of every size (clipped to the motion), stride `stride`."""
-    out = []
-    for w in sizes:
-        w = min(int(w), n_frames)
-        starts = np.arange(0, max(n_frames - w, 0) + 1, stride)
-        if starts[-1] != n_frames - w:
-            starts = np.append(starts, n_frames - w)
-        out.append(np.stack([starts, starts + w], axis=1))
-    return np.unique(np.concatenate(out), axis=0)
-
-
 def sliding_window_run(store: CorpusStore, truth, retrieval_path, meta, sizes, stride, device="cpu"):
     """Baseline: score every pyramid window of the query's motion with the retrieval model, keep the best."""
     from eval.runfile import RunRow
@@ -218,41 +207,6 @@ def sliding_window_run(store: CorpusStore, truth, retrieval_path, meta, sizes, s
     return rows
 
 
-class WindowBank:
-    """Query-independent sliding windows of every motion with their retrieval embeddings, computed once per
-    motion on first use: the index's own 10 s chunks (their stored embeddings) plus shorter windows of
-    `sizes_s` seconds at a stride of half their size, embedded by the index's retrieval model."""
-
-    def __init__(self, index, model, store, meta, sizes_s: Sequence[float] = (2.0, 4.0, 6.0)):
-        self.index, self.model, self.store, self.meta = index, model, store, meta
-        self.sizes_s = tuple(float(s) for s in sizes_s)
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.windows_embedded = 0
-
-    def windows(self, motion_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """((W, 2) [start_s, end_s], (W, d) unit embeddings) of the motion's windows."""
-        mid = int(motion_id)
-        if mid in self._cache:
-            return self._cache[mid]
-        chunk_spans, chunk_vecs = self.index.motion_chunks(mid)
-        spans = [chunk_spans]
-        vecs = [np.asarray(chunk_vecs, np.float32)]
-        feats = np.asarray(self.store.features(mid))
-        fps = float(self.meta[mid].fps)
-        n = len(feats)
-        for size_s in self.sizes_s:
-            w = int(round(size_s * fps))
-            if w < 2 or w >= n:
-                continue
-            win = pyramid_windows(n, [w], max(1, w // 2))  # (W, 2) frames
-            vecs.append(self.model.encode_motion([feats[a:b] for a, b in win]))
-            spans.append(win / fps)
-            self.windows_embedded += len(win)
-        out = (np.concatenate(spans), np.concatenate(vecs))
-        self._cache[mid] = out
-        return out
-
-
 def sliding_window_cmr_rows(bank: WindowBank, index, model, queries: dict[str, str], k: int, limit: int):
     """Baseline: the top-k motions by r, each represented by its best sliding window (by the retrieval
     model's similarity to the query); moments ranked by that similarity."""
@@ -264,8 +218,7 @@ def sliding_window_cmr_rows(bank: WindowBank, index, model, queries: dict[str, s
         hits = index.motion_best(q, k_motions=k)[0]
         cands = []
         for mid, r in zip(hits.motion_ids.tolist(), hits.r.tolist()):
-            spans, vecs = bank.windows(mid)
-            sim = vecs @ q[0]  # (W,)
+            spans, sim = bank.similarity(mid, q[0])  # (W, 2), (W,)
             j = int(np.argmax(sim))
             cands.append((float(sim[j]), int(mid), float(spans[j, 0]), float(spans[j, 1]), float(r)))
         cands.sort(key=lambda c: -c[0])

@@ -163,3 +163,82 @@ class SearchRequest:
     @classmethod
     def field_names(cls) -> Sequence[str]:
         return [f.name for f in fields(cls)]
+
+
+MIN_LIKE_SPAN_S = 0.5  # the shortest example span "more like this" embeds
+LIKE_SPAN_TOLERANCE_S = 1e-6  # a span may end this much past the motion's end (frame-boundary rounding)
+
+
+@dataclass(frozen=True)
+class LikeRequest:
+    """"More like this": the moments most similar to a span of a motion (query by example; `engine.like`).
+
+    - `motion_id`, `start_s`, `end_s`: the example span (at least MIN_LIKE_SPAN_S long; `check_span` checks
+      it against the motion once the corpus is known);
+    - `k`: motions retrieved by chunk similarity to the span's embedding (capped at the corpus size);
+    - `refine`: of these, the best `refine` (by r) are represented by their 10 s chunks and their short
+      windows, the others by their chunks alone (embedding short windows costs ~1 s per motion on one CPU
+      thread the first time a motion is seen; they are cached);
+    - `limit`, `dedup_iou`, `per_motion`: as in `SearchRequest`;
+    - `include_self`: also return moments of the example's own motion (never the example itself: a
+      moment of that motion overlapping it by IoU >= `self_iou` is always left out).
+    """
+
+    motion_id: int
+    start_s: float
+    end_s: float
+    k: int = 200
+    limit: int = 10
+    refine: int = 30
+    dedup_iou: float = 0.3
+    per_motion: int = 2
+    include_self: bool = False
+    self_iou: float | None = 0.5  # None keeps the example itself too (a library-only check that it finds itself)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if isinstance(self.motion_id, bool) or not isinstance(self.motion_id, int) or self.motion_id < 0:
+            raise RequestError("motion_id", f"must be a motion id, a non-negative integer (got {self.motion_id!r})")
+        set_(self, "start_s", _float_in("start_s", self.start_s, 0.0, None))
+        set_(self, "end_s", _float_in("end_s", self.end_s, 0.0, None))
+        if self.start_s >= self.end_s:
+            raise RequestError("start_s", f"{self.start_s:g} s is not before end_s {self.end_s:g} s")
+        if self.end_s - self.start_s < MIN_LIKE_SPAN_S:
+            raise RequestError("end_s", f"the span {self.start_s:g}-{self.end_s:g} s is "
+                                        f"{self.end_s - self.start_s:.3g} s long; the shortest is {MIN_LIKE_SPAN_S:g} s")
+        _int_in("k", self.k, 1, MAX_K)
+        _int_in("limit", self.limit, 1, MAX_LIMIT)
+        if self.refine != 0:
+            _int_in("refine", self.refine, 1, MAX_K)
+        set_(self, "dedup_iou", _float_in("dedup_iou", self.dedup_iou, 0.0, 1.0))
+        if self.per_motion != 0:
+            _int_in("per_motion", self.per_motion, 1, MAX_TOP_M)
+        if not isinstance(self.include_self, bool):
+            raise RequestError("include_self", f"must be true or false (got {self.include_self!r})")
+        if self.self_iou is not None:
+            set_(self, "self_iou", _float_in("self_iou", self.self_iou, 0.0, 1.0))
+
+    def check_span(self, motions: dict) -> None:
+        """RequestError unless the motion is in `motions` (id -> MotionInfo) and the span lies inside it."""
+        info = motions.get(self.motion_id)
+        if info is None:
+            raise RequestError("motion_id", f"no motion with id {self.motion_id} in this index's corpus "
+                                            f"({len(motions)} motions)")
+        if self.end_s > info.duration_s + LIKE_SPAN_TOLERANCE_S:
+            raise RequestError("end_s", f"{self.end_s:g} s is past the end of motion {self.motion_id} "
+                                        f"{info.name!r} ({info.duration_s:g} s long)")
+
+    # What `SearchResult.to_dict` (the JSON of the CLI and the API) reads of a request.
+    @property
+    def text(self) -> str:
+        return f"like motion {self.motion_id} {self.start_s:.2f}-{self.end_s:.2f} s"
+
+    @property
+    def lam(self) -> float:
+        return 0.0
+
+    r_mode = "moment"  # r: the similarity of the moment's own window to the example
+    score = "span"  # moments are ranked by that similarity alone (no localizer: it needs a text)
+
+    def settings(self) -> dict[str, Any]:
+        return asdict(self)

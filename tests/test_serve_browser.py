@@ -1,7 +1,7 @@
 """The web page of `engine serve` in a real browser (Debian chromium driven by Playwright) over the tiny
 pipeline: search, ranked rows with scores, the three.js preview (WebGL through SwiftShader: no GPU needed)
 animating, play/pause, the scrubber and orbit controls, in/out handles that set the exported span (checked in the
-downloaded BVH's frame count), BVH and GLB downloads that parse.
+downloaded BVH's frame count), BVH and GLB downloads that parse, "more like this" on a card.
 
 Skipped when Playwright or chromium is missing, unless ENGINE_REQUIRE_BROWSER=1 (CI), which fails instead.
 """
@@ -214,6 +214,26 @@ def test_search_page_previews_and_bvh_download(browser, server_url, searcher, tm
     glb = pygltflib.GLTF2.load_from_bytes(_download(page, row.locator(".dl-glb"), tmp_path).read_bytes())
     times = glb.accessors[glb.animations[0].samplers[0].input]
     assert times.count == n_span - 1 and len(glb.nodes) == 22
+
+    # "More like this" on the card: its current in/out span is the example (POST /search); the results are
+    # the LikeSearcher's for that span, none from the example's motion, shown and previewed as a search's.
+    from engine.like import like_searcher
+    from engine.request import LikeRequest
+
+    like_in, like_out = _span(row)
+    like_mid = int(row.get_attribute("data-motion-id"))
+    row.locator("button.like").click()
+    page.wait_for_function("document.querySelector('#status').textContent.includes('like motion')",
+                           timeout=20_000)
+    want_like = like_searcher(searcher).search(LikeRequest(like_mid, like_in, like_out, k=8, limit=5)).moments
+    assert rows.count() == len(want_like) > 0
+    assert [int(x) for x in rows.evaluate_all("rs => rs.map(r => r.dataset.motionId)")] == [
+        m.motion_id for m in want_like]
+    assert like_mid not in [m.motion_id for m in want_like]
+    scores = [float(s) for s in rows.locator(".score").all_inner_texts()]
+    assert scores == pytest.approx([m.score for m in want_like], abs=1e-3)
+    assert f"like={like_mid}" in page.url.replace("%3A", ":")
+    page.wait_for_selector("#results li.moment[data-ready][data-frame]", timeout=20_000)
 
     # A new search replaces the previews (the old ones are disposed) and the new first one animates.
     page.fill("#q", "a person walks forward")

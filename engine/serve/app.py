@@ -1,6 +1,7 @@
 """The HTTP API and the web page of `engine serve`: one Searcher, loaded once, shared by every request.
 
     GET /search?q=&k=&lam=&limit=              ranked moments (the same list as `Searcher.search`)
+    POST /search {motion_id, start_s, end_s}   "more like this": moments similar to a span (`engine.like`)
     GET /motions/{motion_id}[?joints=true]     metadata + annotations (+ joints for the preview, <= 20 fps)
     GET /motions/{motion_id}/clip?start_s=&end_s=&format=bvh|npy|json|glb   a clip as a file download
     GET /health                                index version and counts
@@ -75,6 +76,29 @@ class SearchOut(BaseModel):
     cached: bool  # answered from the server's cache of recent results
     moments: list[MomentOut]
     timings_s: dict[str, float]
+
+
+class LikeIn(BaseModel):
+    """"More like this": the example span, and how many moments to return (`engine.request.LikeRequest`)."""
+
+    motion_id: int
+    start_s: float
+    end_s: float
+    k: int = DEFAULTS.k
+    limit: int = DEFAULTS.limit
+    per_motion: int = DEFAULTS.per_motion
+    include_self: bool = False
+
+
+class LikeSpanOut(BaseModel):
+    motion_id: int
+    start_s: float
+    end_s: float
+    include_self: bool
+
+
+class LikeOut(SearchOut):
+    like: LikeSpanOut  # the example span
 
 
 class AnnotationOut(BaseModel):
@@ -284,6 +308,26 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
             raise HTTPException(422, f"{HTTP_PARAM.get(e.where, e.where)}: {e.problem}") from None
         res = holder.batcher().search(req)
         return SearchOut(**res.to_dict())
+
+    @app.post("/search", response_model=LikeOut, responses=ERRORS, tags=["search"])
+    def search_like(body: LikeIn) -> LikeOut:
+        """More like this: the moments of other motions (with include_self, of its own motion too, never the
+        span itself) most similar to a span, by the retrieval model's embedding of it. No localizer: it is
+        conditioned on a text, and an example has none (score = r = the window's similarity, p_se = 1)."""
+        from engine.like import search_like as like
+        from engine.request import LikeRequest
+
+        s = holder.get()
+        try:
+            req = LikeRequest(body.motion_id, body.start_s, body.end_s, k=body.k, limit=body.limit,
+                              per_motion=body.per_motion, include_self=body.include_self)
+            if req.motion_id not in s.motions:
+                _motion_row(s, req.motion_id)  # 404
+            with holder.lock:  # the Searcher's store and the window cache are shared
+                res = like(s, req)
+        except RequestError as e:
+            raise HTTPException(422, f"{e.where}: {e.problem}") from None
+        return LikeOut(**res.to_dict())
 
     @app.get("/motions/{motion_id}", response_model=MotionOut, responses=ERRORS, tags=["motions"])
     def motion(

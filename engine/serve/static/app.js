@@ -1,6 +1,7 @@
 // The web page of `engine serve`: search form -> /search -> ranked moments, each with a three.js skeleton
 // preview (viewer.js) looping the moment with 1 s of context, in/out handles that set the exported span,
-// and BVH / NPY / JSON / GLB downloads of that span. ES modules, three.js vendored under /static/vendor/
+// BVH / NPY / JSON / GLB downloads of that span, and "more like this" (POST /search with that span: the
+// moments of other motions most similar to it, shown like a text search). ES modules, three.js vendored under /static/vendor/
 // (import map in index.html); no framework, no build step.
 import { prepareMotion, Player } from "./viewer.js";
 
@@ -10,8 +11,8 @@ let previews = [];              // the players the animation loop ticks
 let searchSeq = 0;
 
 // ------------------------------------------------------------------ data
-function fetchJSON(url) {
-  return fetch(url).then(async (resp) => {
+function fetchJSON(url, init = undefined) {
+  return fetch(url, init).then(async (resp) => {
     let body = null;
     try { body = await resp.json(); } catch (_) { /* not JSON */ }
     if (!resp.ok) {
@@ -20,6 +21,10 @@ function fetchJSON(url) {
     }
     return body;
   });
+}
+
+function postJSON(url, body) {
+  return fetchJSON(url, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
 }
 
 function getMotion(id) {
@@ -74,10 +79,28 @@ function renderRow(mo) {
   const pv = new Player(els, mo, onSpan);
   onSpan(pv.inS, pv.outS);
   $(".reset", li).addEventListener("click", () => pv.resetSpan());
+  // More like this: the card's current in/out span is the example.
+  $(".like", li).addEventListener("click", () => runLike(mo.motion_id, pv.inS, pv.outS));
   return { li, pv };
 }
 
-async function runSearch(params) {
+// A text search: GET /search?q=...
+function runSearch(params) {
+  return showResults(() => fetchJSON(`/search?${new URLSearchParams(params)}`));
+}
+
+// More like this: POST /search with a span of a motion (the example); k and limit from the form.
+function runLike(motionId, startS, endS) {
+  const { k, limit } = formParams();
+  const spec = `${motionId}:${startS.toFixed(3)}-${endS.toFixed(3)}`;
+  history.replaceState(null, "", `?${new URLSearchParams({ like: spec, k, limit })}`);
+  return showResults(() => postJSON("/search", {
+    motion_id: Number(motionId), start_s: Number(startS.toFixed(9)), end_s: Number(endS.toFixed(9)),
+    k: Number(k), limit: Number(limit),
+  }));
+}
+
+async function showResults(request) {
   const seq = ++searchSeq;
   const status = $("#status");
   const list = $("#results");
@@ -86,7 +109,7 @@ async function runSearch(params) {
   $("#go").disabled = true;
   const t0 = performance.now();
   try {
-    const res = await fetchJSON(`/search?${new URLSearchParams(params)}`);
+    const res = await request();
     if (seq !== searchSeq) return;
     if (observer) observer.disconnect();
     for (const pv of previews) pv.dispose();
@@ -105,8 +128,9 @@ async function runSearch(params) {
     }
     const ms = Math.round(performance.now() - t0);
     status.className = "ok";
+    const how = res.like ? `k=${res.k}, by span similarity` : `k=${res.k}, λ=${res.lam}, localized ${res.localized}`;
     status.textContent = res.moments.length
-      ? `${res.moments.length} moments for “${res.query}” · ${ms} ms · k=${res.k}, λ=${res.lam}, localized ${res.localized}`
+      ? `${res.moments.length} moments for “${res.query}” · ${ms} ms · ${how}`
       : `no moments for “${res.query}”`;
   } catch (err) {
     if (seq !== searchSeq) return;
@@ -160,12 +184,15 @@ $("#search-form").addEventListener("submit", (ev) => {
 
 // For the console and the browser test.
 window.runSearch = runSearch;
+window.runLike = runLike;
 Object.defineProperty(window, "previews", { get: () => previews });
 
-// A URL like /?q=kung+fu+pose&k=200 searches on load.
+// A URL like /?q=kung+fu+pose&k=200 searches on load; /?like=12:1.000-4.000 is "more like this".
 (function init() {
   const u = new URLSearchParams(location.search);
   for (const key of ["q", "k", "limit", "lam"]) if (u.has(key)) $(`#${key}`).value = u.get(key);
-  if (u.get("q") && u.get("q").trim()) runSearch(formParams());
+  const like = /^(\d+):([\d.]+)-([\d.]+)$/.exec(u.get("like") || "");
+  if (like) runLike(Number(like[1]), Number(like[2]), Number(like[3]));
+  else if (u.get("q") && u.get("q").trim()) runSearch(formParams());
   requestAnimationFrame(loop);
 })();
