@@ -154,8 +154,9 @@ def _update(index_dir: Path, op: str, corpus=None, add_ids: Iterable[int] | None
         if man.motion_feature_tag and motion_feature_fn is None and len(reuse) < len(motions):
             where = man.localizer.path if man.localizer is not None else f"sha256 {man.motion_feature_tag[:12]}"
             raise CorpusError(str(index_dir), f"the live version caches the localizer's motion encoding ({where}); "
-                                              "pass --localizer RUN (the localizer the index was built with) so "
-                                              "that new motions are encoded the same way")
+                                              "pass --localizer RUN (the localizer the index was built with; "
+                                              "motion_feature_fn= in the library) so that new motions are encoded "
+                                              "the same way")
         tag = motion_feature_tag or (man.motion_feature_tag if motion_feature_fn is None else None)
         if motion_feature_fn is None and tag:
             motion_feature_fn = _no_features  # every motion is re-used; never called

@@ -27,7 +27,7 @@ import numpy as np
 from sqlalchemy import Float, Integer, String, create_engine, event, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from engine.corpus.types import Chunk, CorpusError
+from engine.corpus.types import Chunk, CorpusError, MotionInfo
 
 log = logging.getLogger(__name__)
 
@@ -132,17 +132,9 @@ class ChunkRow(_Base):
     end_s: Mapped[float] = mapped_column(Float)
 
 
-@dataclass
-class IndexedMotion:
-    """A motion as recorded in an index (enough to chunk it again and to name it in results)."""
-
-    motion_id: int
-    name: str
-    source: str
-    fps: float
-    n_frames: int
-    duration_s: float
-    split: str | None = None
+# A motion as recorded in an index (enough to chunk it again and to name it in results): the one motion
+# row type, `MotionInfo` (the index's chunks.sqlite does not keep the source path, so `path` is "").
+IndexedMotion = MotionInfo
 
 
 @dataclass

@@ -100,7 +100,7 @@ def test_a_non_finite_embedding_is_refused_naming_the_motion(pipeline, tmp_path,
 
 def test_index_add_without_the_localizer_names_the_flag(pipeline, tmp_path):
     """An index that caches the localizer's motion encoding cannot take new motions without it: the error
-    names `--localizer` (not an internal parameter)."""
+    names `--localizer` (not only the library's parameter)."""
     from engine.corpus import synth
     from engine.corpus.store import CorpusStore
 
@@ -111,4 +111,4 @@ def test_index_add_without_the_localizer_names_the_flag(pipeline, tmp_path):
     with CorpusStore.open(c2, create=False) as st:
         st.add_motions(synth.generate("tiny", seed=99))
     r = runner.invoke(app, ["index", "add", str(i2), "--corpus", str(c2)])
-    assert r.exit_code != 0 and "--localizer" in r.output and "motion_feature_fn" not in r.output, r.output
+    assert r.exit_code != 0 and "pass --localizer RUN" in r.output and "Traceback" not in r.output, r.output
