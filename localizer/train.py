@@ -15,7 +15,7 @@ and replays exactly what the uninterrupted run would have done: the data order o
 (seed, e) and the RNG states (dropout, perturbation, label flips) are restored.
 
 Optimisation (mlp-notes.md): AdamW (0.9, 0.999), weight decay 0.01 except biases / norms / adjacencies,
-lr x0.1 after half of the planned steps, gradient clipping, fixed seeds; the LP-Matcher perturbation rate
+lr x0.1 (`lr_decay`) after half of the planned steps (or cosine), gradient clipping, fixed seeds; the LP-Matcher perturbation rate
 alpha rises linearly from `perturb_start` to `perturb_end` over the planned steps.
 """
 
@@ -37,7 +37,7 @@ import torch
 
 from localizer.config import LocalizerConfig, make_config
 from localizer.data import LocalizerData, PairSet, TextCache, collate, input_statistics, load_data
-from localizer.decode import decode_best, index_to_seconds, temporal_iou
+from localizer.decode import MaxSpan, decode_best, fit_max_span, index_to_seconds, temporal_iou
 from localizer.model import MLPLocalizer, mlp_loss
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ class EvalMetrics:
     r1_iou0_7: float
     r1_iou0_9: float
     miou: float
+    p_se_median: float | None = None  # median located score of the top-1 span
+    span_ratio_median: float | None = None  # median predicted / true span length
 
     def score(self, metric: str) -> float:
         return {"miou": self.miou, "r1_iou0.5": self.r1_iou0_5, "r1_iou0.7": self.r1_iou0_7,
@@ -140,37 +142,75 @@ def _json_default(o):
     raise TypeError(type(o).__name__)
 
 
+def lr_schedule(tc, step: int, total_steps: int) -> float:
+    """Learning rate at optimizer step `step` (0-based) of `total_steps` planned: `tc.lr_schedule` "step"
+    (x lr_decay from step int(lr_decay_at * total) on) or "cosine" (lr -> lr * lr_min_factor)."""
+    if tc.lr_schedule == "cosine":
+        frac = min(1.0, step / max(1, total_steps))
+        lo = tc.lr * tc.lr_min_factor
+        return lo + (tc.lr - lo) * 0.5 * (1.0 + math.cos(math.pi * frac))
+    return tc.lr * (tc.lr_decay if step >= int(tc.lr_decay_at * total_steps) else 1.0)
+
+
+def train_max_span(train: PairSet, quantile: float | None, unit: str = "auto") -> MaxSpan | None:
+    """The learned maximum span of a training set (None when `quantile` is None or there are no pairs)."""
+    if quantile is None or len(train) == 0:
+        return None
+    spans = [(p.start_idx, p.end_idx, train.motions[p.motion_index].n_snippets,
+              train.motions[p.motion_index].duration_s) for p in train.pairs]
+    return fit_max_span(spans, quantile, unit)
+
+
+def _mean_terms(terms: list[dict[str, float]]) -> dict[str, float]:
+    """Per-key mean of the per-step loss terms (keys present in any step)."""
+    keys = sorted({k for t in terms for k in t})
+    return {k: float(np.mean([t[k] for t in terms if k in t])) for k in keys}
+
+
 # ---------------------------------------------------------------------------------------------- evaluation
 @torch.inference_mode()
 def evaluate(model: MLPLocalizer, pairset: PairSet, text_cache: TextCache, batch_size: int = 64,
-             device: torch.device | str = "cpu", bf16: bool = False, indices: list[int] | None = None) -> EvalMetrics:
-    """Top-1 decoding of every pair (or `indices`), batched by motion length; all matcher labels [PAD]."""
+             device: torch.device | str = "cpu", bf16: bool = False, indices: list[int] | None = None,
+             max_span: MaxSpan | None = None) -> EvalMetrics:
+    """Top-1 decoding of every pair (or `indices`), batched by motion length; all matcher labels [PAD].
+
+    `max_span`: the learned span limit (the run's `config.max_span`), None = no limit.
+    """
     dev = torch.device(device)
     was_training = model.training
     model.eval()
     idx = list(range(len(pairset))) if indices is None else list(indices)
     idx.sort(key=lambda i: pairset.motions[pairset.pairs[i].motion_index].n_snippets)
     ious: list[float] = []
+    p_se: list[float] = []
+    ratios: list[float] = []
     try:
         for k in range(0, len(idx), batch_size):
             chunk = idx[k: k + batch_size]
             b = collate(pairset, chunk, text_cache).to(dev)
             with autocast(dev, bf16):
                 probs = model.localize(model.encode_motion(b.snippets, b.m_mask), b.m_mask, b.text, b.t_mask)
-            dec = decode_best(probs.p_start, probs.p_end)
+            lim = None
+            if max_span is not None:
+                sms = [pairset.motions[pairset.pairs[i].motion_index] for i in chunk]
+                lim = torch.tensor([max_span.max_len(sm.n_snippets, sm.duration_s) for sm in sms], device=dev)
+            dec = decode_best(probs.p_start, probs.p_end, lim)
             for row, i in enumerate(chunk):
                 p = pairset.pairs[i]
                 sm = pairset.motions[p.motion_index]
                 t_s, t_e = index_to_seconds(int(dec.start_idx[row]), int(dec.end_idx[row]), sm.n_snippets,
                                             sm.duration_s)
                 ious.append(temporal_iou(t_s, t_e, p.start_s, p.end_s))
+                p_se.append(float(dec.p_se[row]))
+                ratios.append((t_e - t_s) / max(p.end_s - p.start_s, 1e-9))
     finally:
         model.train(was_training)
     a = np.asarray(ious, dtype=np.float64)
     if a.size == 0:
         return EvalMetrics(n=0, r1_iou0_5=0.0, r1_iou0_7=0.0, r1_iou0_9=0.0, miou=0.0)
     return EvalMetrics(n=int(a.size), r1_iou0_5=float((a >= 0.5).mean()), r1_iou0_7=float((a >= 0.7).mean()),
-                       r1_iou0_9=float((a >= 0.9).mean()), miou=float(a.mean()))
+                       r1_iou0_9=float((a >= 0.9).mean()), miou=float(a.mean()),
+                       p_se_median=float(np.median(p_se)), span_ratio_median=float(np.median(ratios)))
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -271,6 +311,12 @@ def train_localizer(
                              f"{config.model.text_dim}")
         log.info("text_dim set to %d (the text encoder's)", text_cache.dim)
         config = replace(config, model=replace(config.model, text_dim=text_cache.dim))
+    if ckpt is None:
+        config = replace(config, max_span=train_max_span(data.train, tc.max_span_quantile, tc.max_span_unit))
+        if config.max_span is not None:
+            ms = config.max_span
+            log.info("max span (q=%.2f of %d training spans): %.2f s or %.3f of the motion; decoding uses %s",
+                     ms.quantile, ms.n_spans, ms.seconds, ms.fraction, ms.unit)
     config.save(run_dir / "config.json")
 
     torch.manual_seed(tc.seed)
@@ -315,7 +361,13 @@ def train_localizer(
         return planned_epochs * steps_per_epoch
 
     def lr_at(s: int) -> float:
-        return tc.lr * (tc.lr_decay if s >= int(tc.lr_decay_at * total_steps()) else 1.0)
+        return lr_schedule(tc, s, total_steps())
+
+    def align_weight_at(s: int) -> float:
+        lam = config.model.lambda_align
+        if tc.align_ramp <= 0:
+            return lam
+        return lam * min(1.0, s / max(1.0, tc.align_ramp * total_steps()))
 
     def alpha_at(s: int) -> float:
         m = config.model
@@ -326,7 +378,7 @@ def train_localizer(
                       "optimizer": opt.state_dict(), "step": step, "planned_epochs": planned_epochs,
                       "steps_per_epoch": steps_per_epoch, "best_score": best_score,
                       "best_metrics": asdict(best_metrics) if best_metrics else None, "history": history,
-                      "epoch_losses": epoch_losses, "rng": _rng_state()}, last_path)
+                      "epoch_losses": epoch_losses, "epoch_terms": epoch_terms, "rng": _rng_state()}, last_path)
 
     def emit(phase: str, epoch: int, loss: float, metrics: EvalMetrics | None = None) -> None:
         if progress is not None:
@@ -339,6 +391,7 @@ def train_localizer(
     probe_steps = min(8, max(1, steps_per_epoch - 1))  # measured inside the first epoch when possible
     t_probe = None
     epoch_losses: list[float] = list(ckpt.get("epoch_losses", [])) if ckpt is not None else []
+    epoch_terms: list[dict[str, float]] = list(ckpt.get("epoch_terms", [])) if ckpt is not None else []
     stopped_for_time = False
     while step < total_steps():
         epoch = step // steps_per_epoch
@@ -358,7 +411,8 @@ def train_localizer(
                 flip_e = model.flip_labels(batch.end_idx, batch.m_mask)
             with autocast(dev, tc.bf16):
                 out = model(batch.snippets, batch.m_mask, batch.text, batch.t_mask, m_labels, flip_s, flip_e)
-            terms = mlp_loss(out, config.model, batch.m_mask, batch.start_idx, batch.end_idx, batch.h_labels)
+            terms = mlp_loss(out, config.model, batch.m_mask, batch.start_idx, batch.end_idx, batch.h_labels,
+                             align_weight=align_weight_at(step))
             opt.zero_grad(set_to_none=True)
             terms.total.backward()
             if tc.grad_clip:
@@ -369,6 +423,7 @@ def train_localizer(
             if not math.isfinite(loss):
                 raise FloatingPointError(f"{run_dir}: loss became {loss} at step {step}")
             epoch_losses.append(loss)
+            epoch_terms.append(terms.as_floats())
             if not budget_fitted and t_probe is not None and step >= probe_steps + 1:
                 budget_fitted = True
                 sec_per_step = (time.perf_counter() - t_probe) / (step - 1)
@@ -393,11 +448,14 @@ def train_localizer(
             if step >= total_steps():
                 break
         # ---- end of epoch (or stop): evaluate, keep the best, save
-        rec = {"epoch": epoch, "step": step, "loss": float(np.mean(epoch_losses)) if epoch_losses else None}
+        rec = {"epoch": epoch, "step": step, "loss": float(np.mean(epoch_losses)) if epoch_losses else None,
+               "lr": lr_at(max(0, step - 1)), "terms": _mean_terms(epoch_terms)}
         epoch_losses = []
+        epoch_terms = []
         metrics = None
         if data.val is not None:
-            metrics = evaluate(model, data.val, text_cache, tc.eval_batch_size, dev, tc.bf16, val_indices)
+            metrics = evaluate(model, data.val, text_cache, tc.eval_batch_size, dev, tc.bf16, val_indices,
+                               max_span=config.max_span)
             rec["val"] = asdict(metrics)
             score = metrics.score(tc.select_metric)
             if best_score is None or score > best_score:
