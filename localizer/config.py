@@ -59,6 +59,9 @@ class TrainConfig:
     # this quantile of the training spans ("seconds", "fraction" of the motion, or "auto": the tighter); None = off.
     max_span_quantile: float | None = 0.95
     max_span_unit: str = "auto"
+    # In-batch negative motions per pair (0 = off): the span loss uses shared normalisation over the positive's
+    # and the negatives' positions (CONQUER), so start / end logits become comparable across motions.
+    negatives: int = 0
     weight_decay: float = 0.01  # not on biases, norms or adjacencies
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0

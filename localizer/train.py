@@ -161,6 +161,52 @@ def train_max_span(train: PairSet, quantile: float | None, unit: str = "auto") -
     return fit_max_span(spans, quantile, unit)
 
 
+def negative_rows(pairset: PairSet, rows: list[int], n_neg: int, motion_texts: list[set[str]]) -> torch.Tensor:
+    """(B, n_neg) batch rows whose motions serve as in-batch negatives of each row's sentence, -1 where the
+    batch has too few: the next rows in batch order (cyclically) whose motion differs and carries no annotation
+    with the same sentence (an exact-text false negative)."""
+    b = len(rows)
+    out = torch.full((b, n_neg), -1, dtype=torch.long)
+    pairs = [pairset.pairs[r] for r in rows]
+    for i, p in enumerate(pairs):
+        k = 0
+        for shift in range(1, b):
+            j = (i + shift) % b
+            q = pairs[j]
+            if q.motion_index == p.motion_index or p.text in motion_texts[q.motion_index]:
+                continue
+            out[i, k] = j
+            k += 1
+            if k == n_neg:
+                break
+    return out
+
+
+def shared_norm_span_loss(model: MLPLocalizer, enc: torch.Tensor, batch, out, neg: torch.Tensor,
+                          loss_reduce: str = "mean") -> torch.Tensor:
+    """Span loss with shared normalisation (CONQUER): the start (end) softmax of each sentence runs over its own
+    motion's positions and those of its in-batch negative motions concatenated; the target is the true index
+    in its own motion. Negatives see the inference condition (all matcher labels [PAD], no recovering input).
+    `neg` (B, n) from `negative_rows`; -1 entries contribute no positions."""
+    b, t = batch.m_mask.shape
+    n = neg.shape[1]
+    neg = neg.to(enc.device)
+    valid = neg >= 0
+    j = neg.clamp(min=0).reshape(-1)  # (B*n,)
+    i = torch.arange(b, device=enc.device).repeat_interleave(n)
+    neg_mask = batch.m_mask[j] & valid.reshape(-1, 1)
+    neg_mask[:, 0] |= ~valid.reshape(-1)  # keep one position so no row is all padding (masked again below)
+    neg_out = model.forward_encoded(enc[j], neg_mask, batch.text[i], batch.t_mask[i])
+    keep = (batch.m_mask[j] & valid.reshape(-1, 1)).reshape(b, n * t)
+    k = 0.5 if loss_reduce == "mean" else 1.0
+    losses = []
+    for pos_logits, neg_logits, target in ((out.start_logits, neg_out.start_logits, batch.start_idx),
+                                           (out.end_logits, neg_out.end_logits, batch.end_idx)):
+        neg_l = neg_logits.float().reshape(b, n * t).masked_fill(~keep, float("-inf"))
+        losses.append(torch.nn.functional.cross_entropy(torch.cat([pos_logits.float(), neg_l], dim=1), target))
+    return k * (losses[0] + losses[1])
+
+
 def _mean_terms(terms: list[dict[str, float]]) -> dict[str, float]:
     """Per-key mean of the per-step loss terms (keys present in any step)."""
     keys = sorted({k for t in terms for k in t})
@@ -352,6 +398,9 @@ def train_localizer(
         _set_rng_state(ckpt["rng"])
         log.info("resumed %s at step %d (epoch %d of %d)", run_dir, step, step // steps_per_epoch, planned_epochs)
 
+    motion_texts = [set() for _ in data.train.motions]
+    for p in data.train.pairs:
+        motion_texts[p.motion_index].add(p.text)
     val_indices = None
     if data.val is not None and tc.val_max_pairs is not None and len(data.val) > tc.val_max_pairs:
         val_indices = sorted(np.random.default_rng(tc.seed).choice(len(data.val), tc.val_max_pairs,
@@ -399,8 +448,8 @@ def train_localizer(
         for b_i in range(step - epoch * steps_per_epoch, steps_per_epoch):
             if step == 1 and t_probe is None:
                 t_probe = time.perf_counter()  # the first step warms up; time the next ones
-            batch = collate(data.train, order[b_i * tc.batch_size: (b_i + 1) * tc.batch_size].tolist(),
-                            text_cache).to(dev)
+            rows = order[b_i * tc.batch_size: (b_i + 1) * tc.batch_size].tolist()
+            batch = collate(data.train, rows, text_cache).to(dev)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             m_labels = flip_s = flip_e = None
@@ -409,10 +458,17 @@ def train_localizer(
             if config.model.recovering:
                 flip_s = model.flip_labels(batch.start_idx, batch.m_mask)
                 flip_e = model.flip_labels(batch.end_idx, batch.m_mask)
+            shared = None
             with autocast(dev, tc.bf16):
-                out = model(batch.snippets, batch.m_mask, batch.text, batch.t_mask, m_labels, flip_s, flip_e)
+                if tc.negatives > 0:
+                    enc = model.encode_motion(batch.snippets, batch.m_mask)
+                    out = model.forward_encoded(enc, batch.m_mask, batch.text, batch.t_mask, m_labels, flip_s, flip_e)
+                    neg = negative_rows(data.train, rows, tc.negatives, motion_texts)
+                    shared = shared_norm_span_loss(model, enc, batch, out, neg, config.model.loss_reduce)
+                else:
+                    out = model(batch.snippets, batch.m_mask, batch.text, batch.t_mask, m_labels, flip_s, flip_e)
             terms = mlp_loss(out, config.model, batch.m_mask, batch.start_idx, batch.end_idx, batch.h_labels,
-                             align_weight=align_weight_at(step))
+                             align_weight=align_weight_at(step), span_loss=shared)
             opt.zero_grad(set_to_none=True)
             terms.total.backward()
             if tc.grad_clip:

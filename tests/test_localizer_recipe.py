@@ -239,3 +239,57 @@ def test_training_logs_terms_and_stores_the_learned_max_span(tmp_path, text_cach
     old = LocalizerConfig.from_dict({k: v for k, v in saved["config"].items() if k != "max_span"})
     assert old.max_span is None and old.recipe == "official"
     assert math.isfinite(ms.seconds) and 0 < ms.fraction <= 1
+
+
+# ---------------------------------------------------------------------------------------------- negatives
+def test_shared_normalisation_loss_equals_brute_force_and_negatives_are_true_negatives(text_cache):
+    from localizer.data import collate, pairs_from_motions
+    from localizer.train import negative_rows, shared_norm_span_loss
+
+    motions = synthetic_motions(12, seed=5, min_frames=30, max_frames=60)
+    ps = pairs_from_motions(motions, 24)
+    texts = [set() for _ in ps.motions]
+    for p in ps.pairs:
+        texts[p.motion_index].add(p.text)
+    rows = list(range(min(10, len(ps))))
+    neg = negative_rows(ps, rows, 3, texts)
+    assert (neg >= 0).any()
+    for i, r in enumerate(rows):
+        for j in neg[i].tolist():
+            if j < 0:
+                continue
+            q, p = ps.pairs[rows[j]], ps.pairs[r]
+            assert q.motion_index != p.motion_index and p.text not in texts[q.motion_index]
+    torch.manual_seed(0)
+    model = MLPLocalizer(_cfg(text_dim=text_cache.dim, n_snippets=24)).eval()
+    batch = collate(ps, rows, text_cache)
+    with torch.no_grad():
+        enc = model.encode_motion(batch.snippets, batch.m_mask)
+        out = model.forward_encoded(enc, batch.m_mask, batch.text, batch.t_mask)
+        for reduce in ("mean", "sum"):
+            got = float(shared_norm_span_loss(model, enc, batch, out, neg, reduce))
+            want = 0.0
+            for which in ("start", "end"):
+                for i in range(len(rows)):
+                    def logits(m_row, i=i, which=which):
+                        L = int(batch.m_mask[m_row].sum())
+                        o = model.forward_encoded(enc[m_row: m_row + 1, :L], batch.m_mask[m_row: m_row + 1, :L],
+                                                  batch.text[i: i + 1], batch.t_mask[i: i + 1])
+                        return getattr(o, f"{which}_logits")[0]
+                    allpos = torch.cat([logits(i)] + [logits(j) for j in neg[i].tolist() if j >= 0]).double()
+                    target = int(getattr(batch, f"{which}_idx")[i])
+                    want += float(-(allpos[target] - torch.logsumexp(allpos, 0))) / len(rows)
+            want *= 0.5 if reduce == "mean" else 1.0
+            assert got == pytest.approx(want, rel=1e-4), reduce
+        per_motion = float(mlp_loss(out, model.cfg, batch.m_mask, batch.start_idx, batch.end_idx,
+                                    batch.h_labels).span)
+        assert float(shared_norm_span_loss(model, enc, batch, out, neg, "mean")) > per_motion
+
+
+def test_training_with_in_batch_negatives(tmp_path, text_cache):
+    motions = synthetic_motions(24, seed=3, min_frames=40, max_frames=80)
+    cfg = make_config("tiny", "mlpbase", {"train.epochs": 1, "train.batch_size": 8, "train.time_budget_min": None,
+                                          "train.negatives": 2, "train.val_max_pairs": 20})
+    res = train_localizer(motions, tmp_path / "run", cfg, text_cache=text_cache)
+    hist = json.loads((res.run_dir / "history.json").read_text())
+    assert math.isfinite(hist[-1]["terms"]["span"]) and res.best_metrics is not None
