@@ -6,7 +6,8 @@ A run directory holds::
       config.json       the LocalizerConfig (also embedded in every checkpoint)
       last.pt           model, optimizer, step, epoch, planned epochs, RNG states, history (resume point)
       best.pt           model + config + validation metrics of the best epoch (selected on 'val', never test)
-      history.json      per-epoch mean losses and validation metrics
+      history.json      per epoch: mean loss, lr, mean loss terms (seq / span / rec / align, P_pred(true),
+                        P_rec(true)) and validation metrics (with the median p_se and span ratio)
       text_cache.pt     token embeddings of every training / validation sentence (recomputed when absent)
 
 Checkpoints are written to a temporary file and renamed, so a kill never leaves a half-written one.
