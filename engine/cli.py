@@ -480,6 +480,9 @@ def train_localizer_cmd(
     restart: bool = typer.Option(False, "--restart", help="Start over instead of resuming."),
     threads: int | None = typer.Option(None, "--threads", help="torch threads (1 is fastest on a busy 2-core box)."),
     text_encoder: str | None = typer.Option(None, "--text-encoder", help="minilm | glove | mpnet | a local HF dir"),
+    recipe: str = typer.Option("today", "--recipe", help="today | official | fixed (localizer/config.py RECIPES)"),
+    settings: list[str] = typer.Option([], "--set", help="KEY=VALUE config override, e.g. model.flip_rate=0.2 "
+                                                          "(repeatable)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Train the MLP localizer (Motion Label Prior); model selection on the val split, never test."""
@@ -495,8 +498,13 @@ def train_localizer_cmd(
         over["train.bf16"] = True
     if text_encoder is not None:
         over["train.text_encoder"] = text_encoder
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            fail(f"--set {item!r}: expected KEY=VALUE")
+        over[key.strip()] = value.strip()
     try:
-        config = make_config(preset, variant, over)
+        config = make_config(preset, variant, over, recipe=recipe)
     except (ValueError, TypeError) as e:
         fail(str(e))
     store = _open_store(corpus)
@@ -509,7 +517,8 @@ def train_localizer_cmd(
             if p.phase == "eval" and p.metrics is not None and not sys.stderr.isatty():
                 m = p.metrics
                 typer.echo(f"epoch {p.epoch + 1}/{p.epochs} step {p.step} loss {p.loss:.3f} val mIoU {m.miou:.3f} "
-                           f"R@1 IoU0.5 {m.r1_iou0_5:.3f} IoU0.7 {m.r1_iou0_7:.3f} ({p.elapsed_s:.0f} s)", err=True)
+                           f"R@1 IoU0.5 {m.r1_iou0_5:.3f} IoU0.7 {m.r1_iou0_7:.3f} p_se med {m.p_se_median or 0:.3f} "
+                           f"span ratio med {m.span_ratio_median or 0:.2f} ({p.elapsed_s:.0f} s)", err=True)
 
         try:
             res = train_localizer(store, run, config, progress=cb, device=device, resume=not restart,
@@ -541,12 +550,20 @@ def eval_localize_cmd(
     max_queries: int | None = typer.Option(None, help="Evaluate a seeded sample of the queries."),
     dataset: str = typer.Option(""),
     device: str = typer.Option("cpu"),
+    max_span: str = typer.Option("learned", "--max-span",
+                                 help="Localizer span limit: learned (from the checkpoint) | none | SECONDS."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Single-motion localization: R@1 IoU{0.5,0.7,0.9} and mIoU, Normal and Assigned, with baselines."""
     from engine.evaluate import localize_eval
     from eval.report import tslm_table
 
+    span_limit: float | str | None = None if max_span.lower() == "none" else max_span
+    if span_limit not in (None, "learned"):
+        try:
+            span_limit = float(max_span)
+        except ValueError:
+            fail(f"--max-span {max_span!r}: expected learned, none or a number of seconds")
     paths = {}
     for item in localizer:
         name, _, path = item.rpartition("=")
@@ -556,7 +573,8 @@ def eval_localize_cmd(
     prog, bar = _bars()
     with prog:
         res = localize_eval(corpus, paths, out, split=split, retrieval_path=retrieval, cos_threshold=assigned_cos,
-                            max_queries=max_queries, device=device, dataset=dataset, progress=bar)
+                            max_queries=max_queries, device=device, dataset=dataset, progress=bar,
+                            max_span_s=span_limit)
     table = tslm_table(res.results, title=f"{dataset or corpus} ({split}, {res.meta['queries']} queries)")
     _report_eval(res, table, out, as_json)
 

@@ -123,8 +123,11 @@ def localize_eval(corpus: str | Path, localizer_paths: dict[str, str | Path], ou
                   cos_threshold: float = DEFAULT_ASSIGNED_COS, max_queries: int | None = None,
                   device: str = "cpu", bf16: bool = False, dataset: str = "",
                   window_sizes: Sequence[int] = (20, 40, 80, 120, 160, 200), window_stride: int = 5,
-                  progress: Callable[[str, int, int], None] | None = None) -> EvalOutput:
-    """Run each localizer (name -> run dir) and the baselines on every annotation of `split`."""
+                  progress: Callable[[str, int, int], None] | None = None,
+                  max_span_s: float | str | None = "learned") -> EvalOutput:
+    """Run each localizer (name -> run dir) and the baselines on every annotation of `split`.
+
+    `max_span_s`: the localizers' span limit ("learned" from the checkpoint, seconds, or None = none)."""
     from eval.protocols import PriorSpan, evaluate_tslm, prior_run
     from eval.report import write_metrics_json
     from eval.runfile import RunRow, write_ground_truth, write_run
@@ -161,7 +164,8 @@ def localize_eval(corpus: str | Path, localizer_paths: dict[str, str | Path], ou
         bs = 256
         for b0 in range(0, len(truth), bs):
             batch = truth[b0: b0 + bs]
-            spans = loc.localize([g.text for g in batch], [encoded[g.motion_id] for g in batch], top_m=1)
+            spans = loc.localize([g.text for g in batch], [encoded[g.motion_id] for g in batch], top_m=1,
+                                 max_span_s=max_span_s)
             for g, sp in zip(batch, spans):
                 s = sp[0]
                 rows.append(RunRow(g.query_id, g.text, g.motion_id, s.start_s, s.end_s, 1, s.p_se, p_se=s.p_se))

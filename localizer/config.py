@@ -27,6 +27,7 @@ Variants (`VARIANTS`), after the paper (Sec. IV-C, Tables IV and VI):
 - Table IV on MLP-S: ``mlp-s-no-lpm`` (no LP-Matcher prior), ``mlp-s-no-lpp`` (= ``mlp-s-no-rec``, no recovering part).
 - Table VI on MLP-S: ``mlp-s-no-align``, ``mlp-s-no-perturb`` (alpha = 0), ``mlp-s-pe-none``, ``mlp-s-pe-before``.
 - ``mlp-unshared``: separate SGPA blocks for motion and text.
+Recipes (`RECIPES`: today, official, fixed) change training settings on top of preset and variant.
 Any field can also be overridden (`make_config(..., overrides={"model.flip_rate": 0.2})`).
 """
 
@@ -37,6 +38,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from localizer.decode import MaxSpan
 from localizer.model import MLPConfig
 
 
@@ -45,8 +47,21 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 64
     lr: float = 2e-4
+    # "step": lr *= lr_decay once lr_decay_at of the planned steps are done (per iteration, like the official
+    # StepLR; official gamma 0.5, this project's first recipe 0.1); "cosine": half-cosine from lr to
+    # lr * lr_min_factor over the planned steps.
+    lr_schedule: str = "step"
     lr_decay_at: float = 0.5  # fraction of the planned steps after which lr *= lr_decay
     lr_decay: float = 0.1
+    lr_min_factor: float = 0.0  # cosine: final lr = lr * lr_min_factor
+    align_ramp: float = 0.0  # lambda_align rises linearly from 0 over this fraction of the planned steps (0 = off)
+    # Learned maximum span, stored in the checkpoint (LocalizerConfig.max_span) and used by default at decoding:
+    # this quantile of the training spans ("seconds", "fraction" of the motion, or "auto": the tighter); None = off.
+    max_span_quantile: float | None = 0.95
+    max_span_unit: str = "auto"
+    # In-batch negative motions per pair (0 = off): the span loss uses shared normalisation over the positive's
+    # and the negatives' positions (CONQUER), so start / end logits become comparable across motions.
+    negatives: int = 0
     weight_decay: float = 0.01  # not on biases, norms or adjacencies
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -66,6 +81,14 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # JSON gives a list
         if self.select_metric not in ("miou", "r1_iou0.5", "r1_iou0.7", "r1_iou0.9"):
             raise ValueError(f"unknown select_metric {self.select_metric!r}")
+        if self.lr_schedule not in ("step", "cosine"):
+            raise ValueError(f"lr_schedule must be 'step' or 'cosine', got {self.lr_schedule!r}")
+        if self.max_span_unit not in ("auto", "seconds", "fraction"):
+            raise ValueError(f"max_span_unit must be 'auto', 'seconds' or 'fraction', got {self.max_span_unit!r}")
+        if self.max_span_quantile is not None and not 0.0 < self.max_span_quantile <= 1.0:
+            raise ValueError(f"max_span_quantile must lie in (0, 1], got {self.max_span_quantile}")
+        if not 0.0 <= self.align_ramp <= 1.0:
+            raise ValueError(f"align_ramp must lie in [0, 1], got {self.align_ramp}")
 
 
 @dataclass
@@ -74,10 +97,15 @@ class LocalizerConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = "custom"
     variant: str = "mlp"
+    recipe: str = "today"
+    max_span: MaxSpan | None = None  # learned from the training spans when training starts
 
     def to_dict(self) -> dict[str, Any]:
-        return {"preset": self.preset, "variant": self.variant, "model": asdict(self.model),
-                "train": asdict(self.train)}
+        d = {"preset": self.preset, "variant": self.variant, "recipe": self.recipe, "model": asdict(self.model),
+             "train": asdict(self.train)}
+        if self.max_span is not None:
+            d["max_span"] = self.max_span.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LocalizerConfig:
@@ -86,7 +114,8 @@ class LocalizerConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
         return cls(model=MLPConfig.from_dict(d.get("model", {})), train=TrainConfig(**d.get("train", {})),
-                   preset=d.get("preset", "custom"), variant=d.get("variant", "mlp"))
+                   preset=d.get("preset", "custom"), variant=d.get("variant", "mlp"),
+                   recipe=d.get("recipe", "today"), max_span=MaxSpan.from_dict(d.get("max_span")))
 
     def save(self, path: str | Path) -> None:
         p = Path(path)
@@ -146,6 +175,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Training recipes, applied after preset and variant (before explicit overrides). "today" is the recipe the
+# shipped models were trained with; "official" follows the authors' code (eanson023/MLP): StepLR gamma 0.5 at
+# half, label noise by `randint(0, 2)` replacement at rate beta, start + end loss sums; "fixed" adds what the
+# localizer-train measurements kept (docs/results/localizer-train.md): S = 128 snippets.
+RECIPES: dict[str, dict[str, Any]] = {
+    "today": {},
+    "official": {"train.lr_decay": 0.5, "model.flip_mode": "replace", "model.loss_reduce": "sum"},
+    "fixed": {"train.lr_decay": 0.5, "model.flip_mode": "replace", "model.loss_reduce": "sum",
+              "model.n_snippets": 128},
+}
+
+
 def _coerce(value: Any, current: Any) -> Any:
     """Parse CLI strings ("0.2", "true", "none") to the type of the current value."""
     if not isinstance(value, str):
@@ -170,12 +211,15 @@ def _coerce(value: Any, current: Any) -> Any:
 
 
 def make_config(preset: str = "cpu-small", variant: str = "mlp",
-                overrides: dict[str, Any] | None = None) -> LocalizerConfig:
-    """Preset + variant + overrides ("model.d_model": 96, "train.epochs": 3, or unqualified names)."""
+                overrides: dict[str, Any] | None = None, recipe: str = "today") -> LocalizerConfig:
+    """Preset + variant + recipe + overrides ("model.d_model": 96, "train.epochs": 3, or unqualified names)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)}")
+    overrides = {**RECIPES[recipe], **(overrides or {})}
     p = PRESETS[preset]
     model = MLPConfig(**{**p.model, **VARIANTS[variant]})
     train = TrainConfig(**p.train)
@@ -183,7 +227,7 @@ def make_config(preset: str = "cpu-small", variant: str = "mlp",
     train_fields = {f.name for f in fields(TrainConfig)}
     m_over: dict[str, Any] = {}
     t_over: dict[str, Any] = {}
-    for key, value in (overrides or {}).items():
+    for key, value in overrides.items():
         scope, _, name = key.rpartition(".")
         if scope in ("model", "") and name in model_fields:
             m_over[name] = _coerce(value, getattr(model, name))
@@ -192,4 +236,4 @@ def make_config(preset: str = "cpu-small", variant: str = "mlp",
         else:
             raise ValueError(f"unknown config field {key!r}")
     return LocalizerConfig(model=replace(model, **m_over), train=replace(train, **t_over), preset=preset,
-                           variant=variant)
+                           variant=variant, recipe=recipe)

@@ -44,21 +44,29 @@ def max_len_snippets(max_span_s: float | None, n_snippets: int, duration_s: floa
     return max(1, int(math.floor(max_span_s / duration_s * n_snippets + 1e-9)))
 
 
-def joint_matrix(p_start: torch.Tensor, p_end: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
-    """(..., T, T) matrix P_s(i) P_e(j) kept where i <= j (and j - i < max_len), else 0."""
+def joint_matrix(p_start: torch.Tensor, p_end: torch.Tensor, max_len: int | torch.Tensor | None = None) -> torch.Tensor:
+    """(..., T, T) matrix P_s(i) P_e(j) kept where i <= j (and j - i < max_len), else 0.
+
+    `max_len`: one limit in snippets, or one per row of a (B, T) batch (a (B,) tensor); None = no limit.
+    """
     t = p_start.shape[-1]
     outer = p_start.unsqueeze(-1) * p_end.unsqueeze(-2)  # (..., T, T)
     i = torch.arange(t, device=p_start.device)
-    keep = i.unsqueeze(1) <= i.unsqueeze(0)
+    diff = i.unsqueeze(0) - i.unsqueeze(1)  # (T, T): j - i
+    keep = diff >= 0
     if max_len is not None:
-        keep = keep & ((i.unsqueeze(0) - i.unsqueeze(1)) < max_len)
+        if isinstance(max_len, torch.Tensor) and max_len.dim() > 0:
+            lim = max_len.to(device=p_start.device).reshape(max_len.shape + (1, 1))  # (B, 1, 1)
+            keep = keep & (diff < lim)
+        else:
+            keep = keep & (diff < int(max_len))
     return outer * keep
 
 
-def decode_best(p_start: torch.Tensor, p_end: torch.Tensor, max_len: int | None = None) -> DecodedBatch:
-    """Exact argmax of P_s(i) P_e(j) over i <= j for each row of (B, T) distributions (0 at padding).
-
-    Ties go to the smallest flat index (earliest start, then earliest end).
+def decode_best(p_start: torch.Tensor, p_end: torch.Tensor, max_len: int | torch.Tensor | None = None) -> DecodedBatch:
+    """Exact argmax of P_s(i) P_e(j) over i <= j (and j - i < max_len) for each row of (B, T) distributions
+    (0 at padding). `max_len`: an int or one per row ((B,) tensor). Ties go to the smallest flat index
+    (earliest start, then earliest end).
     """
     if p_start.dim() == 1:
         p_start, p_end = p_start.unsqueeze(0), p_end.unsqueeze(0)
@@ -66,6 +74,68 @@ def decode_best(p_start: torch.Tensor, p_end: torch.Tensor, max_len: int | None 
     flat = joint_matrix(p_start.float(), p_end.float(), max_len).reshape(b, t * t)  # (B, T*T)
     p_se, arg = flat.max(dim=1)
     return DecodedBatch(start_idx=arg // t, end_idx=arg % t, p_se=p_se)
+
+
+@dataclass
+class MaxSpan:
+    """A learned maximum span length: the `quantile` of the training spans, in seconds and as a fraction of
+    the motion's duration; `unit` says which one decoding applies ("seconds" or "fraction").
+
+    Spans are measured on the ground-truth snippet spans the model is trained on, ``(i_e - i_s + 1) / T * D``
+    seconds, so the limit in snippets (`max_len`) admits at least that `quantile` of the training spans.
+    """
+
+    quantile: float
+    unit: str
+    seconds: float
+    fraction: float
+    n_spans: int
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("seconds", "fraction"):
+            raise ValueError(f"MaxSpan.unit must be 'seconds' or 'fraction', got {self.unit!r}")
+
+    def max_len(self, n_snippets: int, duration_s: float) -> int:
+        """Longest allowed span in snippets for a motion of T = `n_snippets` snippets over `duration_s`."""
+        if self.unit == "fraction":
+            return max(1, int(math.floor(self.fraction * n_snippets + 1e-9)))
+        lim = max_len_snippets(self.seconds, n_snippets, duration_s)
+        return n_snippets if lim is None else lim
+
+    def to_dict(self) -> dict:
+        return {"quantile": self.quantile, "unit": self.unit, "seconds": self.seconds, "fraction": self.fraction,
+                "n_spans": self.n_spans}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> MaxSpan | None:
+        if not d:
+            return None
+        return cls(quantile=float(d["quantile"]), unit=str(d["unit"]), seconds=float(d["seconds"]),
+                   fraction=float(d["fraction"]), n_spans=int(d["n_spans"]))
+
+
+def fit_max_span(spans: list[tuple[int, int, int, float]], quantile: float = 0.95, unit: str = "auto") -> MaxSpan:
+    """MaxSpan from training spans (start_idx, end_idx, n_snippets, duration_s).
+
+    `unit` "auto" picks the unit whose limit is tighter on the training motions (the smaller mean allowed
+    length in snippets), both admitting the same `quantile` of the training spans.
+    """
+    if not spans:
+        raise ValueError("fit_max_span: no training spans")
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"fit_max_span: quantile must lie in (0, 1], got {quantile}")
+    if unit not in ("auto", "seconds", "fraction"):
+        raise ValueError(f"fit_max_span: unit must be 'auto', 'seconds' or 'fraction', got {unit!r}")
+    a = np.asarray(spans, dtype=np.float64)
+    n_snip = a[:, 2]
+    length = a[:, 1] - a[:, 0] + 1.0
+    sec = float(np.quantile(length / n_snip * a[:, 3], quantile, method="higher"))
+    frac = float(np.quantile(length / n_snip, quantile, method="higher"))
+    if unit == "auto":
+        lim = {u: np.mean([MaxSpan(quantile, u, sec, frac, len(a)).max_len(int(t), float(d))
+                           for t, d in zip(n_snip, a[:, 3])]) for u in ("seconds", "fraction")}
+        unit = "seconds" if lim["seconds"] <= lim["fraction"] else "fraction"
+    return MaxSpan(quantile=quantile, unit=unit, seconds=sec, fraction=frac, n_spans=len(a))
 
 
 def nms(candidates: list[SpanCandidate], iou_threshold: float, top_m: int | None = None) -> list[SpanCandidate]:

@@ -189,13 +189,23 @@ class Localizer:
         return out  # type: ignore[return-value]
 
     def localize(self, text: str | Sequence[str], motions: Sequence[EncodedMotion], top_m: int = 1,
-                 nms_iou: float = 0.5, max_span_s: float | None = None,
+                 nms_iou: float = 0.5, max_span_s: float | str | None = "learned",
                  batch_size: int = 64) -> list[list[LocalizedSpan]]:
-        """Top-m moments (true (start, end) pairs, temporal NMS) of the sentence in each motion."""
+        """Top-m moments (true (start, end) pairs, temporal NMS) of the sentence in each motion.
+
+        `max_span_s`: "learned" (default) applies the checkpoint's learned maximum span (`config.max_span`,
+        none for checkpoints trained before it existed); a number is a limit in seconds; None = no limit.
+        """
+        if isinstance(max_span_s, str) and max_span_s != "learned":
+            raise ValueError(f"max_span_s must be 'learned', a number of seconds or None, got {max_span_s!r}")
+        learned = self.config.max_span if max_span_s == "learned" else None
         results: list[list[LocalizedSpan]] = []
         for dist in self.distributions(text, motions, batch_size=batch_size):
             t = dist.p_start.shape[0]
-            max_len = max_len_snippets(max_span_s, t, dist.duration_s)
+            if max_span_s == "learned":
+                max_len = learned.max_len(t, dist.duration_s) if learned is not None else None
+            else:
+                max_len = max_len_snippets(max_span_s, t, dist.duration_s)
             if top_m == 1:
                 dec = decode_best(torch.from_numpy(dist.p_start), torch.from_numpy(dist.p_end), max_len)
                 cands = [(int(dec.start_idx[0]), int(dec.end_idx[0]), float(dec.p_se[0]))]

@@ -20,7 +20,8 @@ Encoding -> fusion -> match -> prediction:
   snippets. Recovering part (training only): flipped start / end label embeddings appended after each
   sample's *valid* snippets (so a sample's packing never depends on the batch's padding); the
   unidirectional GRUs guarantee the predicting outputs never see the labels.
-- Losses (`mlp_loss`): 5 * BCE(h) (fg weight 2) + 1 * span CE + 1 * recovery CE + 1 * KL(P_rec || P_pred).
+- Losses (`mlp_loss`): 5 * BCE(h) (fg weight 2) + 1 * span CE + 1 * recovery CE + 1 * KL(P_rec || P_pred);
+  options: the official start + end sums, the paper's KL direction, a stop-gradient into P_rec.
 
 Padded snippets never enter softmaxes (masked with -inf / a large negative before softmax), BatchNorm
 statistics or losses, so batched padded inference equals one-at-a-time inference (tested).
@@ -64,6 +65,13 @@ class MLPConfig:
     recovering: bool = True  # LP-Predictor recovering part
     alignment: bool = True  # dual-alignment KL (only with the recovering part)
     flip_rate: float = 0.1  # beta (paper: BABEL 0.1, HumanML3D 0.2)
+    # "xor": every valid position flipped with probability beta (this project's first recipe);
+    # "replace": the official code's `apply_label_noise`: at rate beta a label is replaced by randint(0, 2),
+    # so it flips with probability beta / 2.
+    flip_mode: str = "xor"
+    # --- alignment (dual-alignment KL)
+    align_direction: str = "rec_pred"  # "rec_pred": KL(P_rec || P_pred) (official code); "pred_rec": Eq. 11
+    align_detach: bool = False  # stop the gradient into P_rec (the recovering part is the teacher)
     # --- losses
     fg_weight: float = 2.0
     lambda_seq: float = 5.0
@@ -71,6 +79,8 @@ class MLPConfig:
     lambda_rec: float = 1.0
     lambda_align: float = 1.0
     kl_temperature: float = 1.0
+    # "mean": L_span, L_rec and L_align are 1/2 (start + end) (Eq. 12); "sum": start + end (official losses)
+    loss_reduce: str = "mean"
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -81,6 +91,11 @@ class MLPConfig:
             raise ValueError(f"pos_encoding must be 'after', 'before' or 'none', got {self.pos_encoding!r}")
         if not (0.0 <= self.perturb_start <= 1.0 and 0.0 <= self.perturb_end <= 1.0):
             raise ValueError("perturb_start / perturb_end must lie in [0, 1]")
+        for name, value, allowed in (("flip_mode", self.flip_mode, ("xor", "replace")),
+                                     ("align_direction", self.align_direction, ("rec_pred", "pred_rec")),
+                                     ("loss_reduce", self.loss_reduce, ("mean", "sum"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,8 +139,17 @@ class LossTerms:
     rec: torch.Tensor
     align: torch.Tensor
 
+    # diagnostics (no gradient): mean probability of the true start / end index, averaged over both
+    p_pred_true: torch.Tensor | None = None  # under P_pred (the predicting part)
+    p_rec_true: torch.Tensor | None = None  # under P_rec (the recovering part), when it ran
+
     def as_floats(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in ("total", "seq", "span", "rec", "align")}
+        out = {k: float(getattr(self, k).detach()) for k in ("total", "seq", "span", "rec", "align")}
+        for k in ("p_pred_true", "p_rec_true"):
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = float(v)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -548,11 +572,18 @@ class MLPLocalizer(nn.Module):
 
     def flip_labels(self, index: torch.Tensor, mask: torch.Tensor,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """Recovering-part input: one-hot boundary labels (B, T) with each valid position flipped with rate beta."""
+        """Recovering-part input: one-hot boundary labels (B, T), noised at rate beta on valid positions.
+
+        `flip_mode` "xor": each position flips with probability beta. "replace" (official): each position is
+        redrawn uniformly from {0, 1} with probability beta, i.e. flips with probability beta / 2.
+        """
         onehot = torch.zeros(mask.shape, dtype=torch.long, device=mask.device)
         onehot.scatter_(1, index.long().unsqueeze(1), 1)
-        flips = (torch.rand(mask.shape, generator=generator, device=mask.device) < self.cfg.flip_rate) & mask
-        return (onehot ^ flips.long()) * mask.long()
+        hit = (torch.rand(mask.shape, generator=generator, device=mask.device) < self.cfg.flip_rate) & mask
+        if self.cfg.flip_mode == "replace":
+            new = torch.randint(0, 2, mask.shape, generator=generator, device=mask.device)
+            return torch.where(hit, new, onehot) * mask.long()
+        return (onehot ^ hit.long()) * mask.long()
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -566,26 +597,49 @@ def _masked_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, mask: torch.Tenso
     return (logp_v.exp() * mask * (logp_v - logq_v)).sum(dim=-1).mean()
 
 
+def _true_prob(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits.detach().float(), dim=-1).gather(1, index.long().unsqueeze(1)).mean()
+
+
 def mlp_loss(out: MLPOutput, cfg: MLPConfig, mask: torch.Tensor, start_idx: torch.Tensor, end_idx: torch.Tensor,
-             h_labels: torch.Tensor) -> LossTerms:
+             h_labels: torch.Tensor, align_weight: float | None = None,
+             span_loss: torch.Tensor | None = None) -> LossTerms:
     """Eq. 12: lambda_1 L_seq + lambda_2 L_span + lambda_3 L_rec + lambda_4 L_align (padding excluded).
 
-    L_span, L_rec and L_align are each the mean of their start and end terms; L_align = KL(P_rec || P_pred)
-    (the authors' direction, no stop-gradient).
+    L_span, L_rec and L_align combine their start and end terms by `cfg.loss_reduce`: "mean" (Eq. 12) or
+    "sum" (the official losses). L_align is KL(P_rec || P_pred) (official, `align_direction="rec_pred"`) or
+    KL(P_pred || P_rec) (Eq. 11, "pred_rec"); `align_detach` stops its gradient into P_rec.
+    `align_weight` replaces lambda_4 (a ramp); `span_loss` replaces the per-motion span CE (e.g. the
+    shared-normalisation loss over negatives, already combined by `loss_reduce`).
     """
+    k = 0.5 if cfg.loss_reduce == "mean" else 1.0
     maskf = mask.float()
     y = h_labels.float()
     bce = F.binary_cross_entropy_with_logits(out.highlight_logits.float(), y, reduction="none")
     w = torch.where(y > 0.5, torch.full_like(y, cfg.fg_weight), torch.ones_like(y))
     seq = (bce * w * maskf).sum() / maskf.sum().clamp(min=1.0)
-    span = 0.5 * (F.cross_entropy(out.start_logits, start_idx) + F.cross_entropy(out.end_logits, end_idx))
+    if span_loss is None:
+        span = k * (F.cross_entropy(out.start_logits, start_idx) + F.cross_entropy(out.end_logits, end_idx))
+    else:
+        span = span_loss
     zero = seq.new_zeros(())
     rec = align = zero
+    p_pred_true = 0.5 * (_true_prob(out.start_logits, start_idx) + _true_prob(out.end_logits, end_idx))
+    p_rec_true = None
     if out.rec_start_logits is not None and out.rec_end_logits is not None:
-        rec = 0.5 * (F.cross_entropy(out.rec_start_logits, start_idx) + F.cross_entropy(out.rec_end_logits, end_idx))
+        rec = k * (F.cross_entropy(out.rec_start_logits, start_idx) + F.cross_entropy(out.rec_end_logits, end_idx))
+        p_rec_true = 0.5 * (_true_prob(out.rec_start_logits, start_idx) + _true_prob(out.rec_end_logits, end_idx))
         if cfg.alignment:
             t = cfg.kl_temperature
-            align = 0.5 * (_masked_kl(out.rec_start_logits, out.start_logits, mask, t)
-                           + _masked_kl(out.rec_end_logits, out.end_logits, mask, t))
-    total = cfg.lambda_seq * seq + cfg.lambda_span * span + cfg.lambda_rec * rec + cfg.lambda_align * align
-    return LossTerms(total=total, seq=seq, span=span, rec=rec, align=align)
+            pairs = ((out.rec_start_logits, out.start_logits), (out.rec_end_logits, out.end_logits))
+            kls = []
+            for rec_l, pred_l in pairs:
+                if cfg.align_detach:
+                    rec_l = rec_l.detach()
+                p, q = (rec_l, pred_l) if cfg.align_direction == "rec_pred" else (pred_l, rec_l)
+                kls.append(_masked_kl(p, q, mask, t))
+            align = k * (kls[0] + kls[1])
+    lam_align = cfg.lambda_align if align_weight is None else align_weight
+    total = cfg.lambda_seq * seq + cfg.lambda_span * span + cfg.lambda_rec * rec + lam_align * align
+    return LossTerms(total=total, seq=seq, span=span, rec=rec, align=align, p_pred_true=p_pred_true,
+                     p_rec_true=p_rec_true)

@@ -6,7 +6,8 @@ A run directory holds::
       config.json       the LocalizerConfig (also embedded in every checkpoint)
       last.pt           model, optimizer, step, epoch, planned epochs, RNG states, history (resume point)
       best.pt           model + config + validation metrics of the best epoch (selected on 'val', never test)
-      history.json      per-epoch mean losses and validation metrics
+      history.json      per epoch: mean loss, lr, mean loss terms (seq / span / rec / align, P_pred(true),
+                        P_rec(true)) and validation metrics (with the median p_se and span ratio)
       text_cache.pt     token embeddings of every training / validation sentence (recomputed when absent)
 
 Checkpoints are written to a temporary file and renamed, so a kill never leaves a half-written one.
@@ -15,7 +16,7 @@ and replays exactly what the uninterrupted run would have done: the data order o
 (seed, e) and the RNG states (dropout, perturbation, label flips) are restored.
 
 Optimisation (mlp-notes.md): AdamW (0.9, 0.999), weight decay 0.01 except biases / norms / adjacencies,
-lr x0.1 after half of the planned steps, gradient clipping, fixed seeds; the LP-Matcher perturbation rate
+lr x0.1 (`lr_decay`) after half of the planned steps (or cosine), gradient clipping, fixed seeds; the LP-Matcher perturbation rate
 alpha rises linearly from `perturb_start` to `perturb_end` over the planned steps.
 """
 
@@ -35,9 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.corpus.device import resolve_device as resolve_device_name
+from engine.corpus.io import atomic_write_text, atomic_writer
 from localizer.config import LocalizerConfig, make_config
 from localizer.data import LocalizerData, PairSet, TextCache, collate, input_statistics, load_data
-from localizer.decode import decode_best, index_to_seconds, temporal_iou
+from localizer.decode import MaxSpan, decode_best, fit_max_span, index_to_seconds, temporal_iou
 from localizer.fingerprint import resolve_checkpoint
 from localizer.model import MLPLocalizer, mlp_loss
 
@@ -56,6 +59,8 @@ class EvalMetrics:
     r1_iou0_7: float
     r1_iou0_9: float
     miou: float
+    p_se_median: float | None = None  # median located score of the top-1 span
+    span_ratio_median: float | None = None  # median predicted / true span length
 
     def score(self, metric: str) -> float:
         return {"miou": self.miou, "r1_iou0.5": self.r1_iou0_5, "r1_iou0.7": self.r1_iou0_7,
@@ -91,11 +96,9 @@ class TrainResult:
 
 # ---------------------------------------------------------------------------------------------- helpers
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'cpu', 'cuda', 'cuda:1' or None (= cpu; CUDA is used only when asked for)."""
-    dev = torch.device(device or "cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but CUDA is not available (install a CUDA build of torch)")
-    return dev
+    """The one device resolver (`engine.corpus.device`: None is the CPU; CUDA only when asked for and
+    present), as a torch.device."""
+    return torch.device(resolve_device_name(None if device is None else str(device)))
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -130,9 +133,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    with atomic_writer(path) as tmp:  # fsynced, renamed; a failed save leaves the old checkpoint
+        torch.save(obj, tmp)
 
 
 def _json_default(o):
@@ -141,37 +143,121 @@ def _json_default(o):
     raise TypeError(type(o).__name__)
 
 
+def lr_schedule(tc, step: int, total_steps: int) -> float:
+    """Learning rate at optimizer step `step` (0-based) of `total_steps` planned: `tc.lr_schedule` "step"
+    (x lr_decay from step int(lr_decay_at * total) on) or "cosine" (lr -> lr * lr_min_factor)."""
+    if tc.lr_schedule == "cosine":
+        frac = min(1.0, step / max(1, total_steps))
+        lo = tc.lr * tc.lr_min_factor
+        return lo + (tc.lr - lo) * 0.5 * (1.0 + math.cos(math.pi * frac))
+    return tc.lr * (tc.lr_decay if step >= int(tc.lr_decay_at * total_steps) else 1.0)
+
+
+def train_max_span(train: PairSet, quantile: float | None, unit: str = "auto") -> MaxSpan | None:
+    """The learned maximum span of a training set (None when `quantile` is None or there are no pairs)."""
+    if quantile is None or len(train) == 0:
+        return None
+    spans = [(p.start_idx, p.end_idx, train.motions[p.motion_index].n_snippets,
+              train.motions[p.motion_index].duration_s) for p in train.pairs]
+    return fit_max_span(spans, quantile, unit)
+
+
+def negative_rows(pairset: PairSet, rows: list[int], n_neg: int, motion_texts: list[set[str]]) -> torch.Tensor:
+    """(B, n_neg) batch rows whose motions serve as in-batch negatives of each row's sentence, -1 where the
+    batch has too few: the next rows in batch order (cyclically) whose motion differs and carries no annotation
+    with the same sentence (an exact-text false negative)."""
+    b = len(rows)
+    out = torch.full((b, n_neg), -1, dtype=torch.long)
+    pairs = [pairset.pairs[r] for r in rows]
+    for i, p in enumerate(pairs):
+        k = 0
+        for shift in range(1, b):
+            j = (i + shift) % b
+            q = pairs[j]
+            if q.motion_index == p.motion_index or p.text in motion_texts[q.motion_index]:
+                continue
+            out[i, k] = j
+            k += 1
+            if k == n_neg:
+                break
+    return out
+
+
+def shared_norm_span_loss(model: MLPLocalizer, enc: torch.Tensor, batch, out, neg: torch.Tensor,
+                          loss_reduce: str = "mean") -> torch.Tensor:
+    """Span loss with shared normalisation (CONQUER): the start (end) softmax of each sentence runs over its own
+    motion's positions and those of its in-batch negative motions concatenated; the target is the true index
+    in its own motion. Negatives see the inference condition (all matcher labels [PAD], no recovering input).
+    `neg` (B, n) from `negative_rows`; -1 entries contribute no positions."""
+    b, t = batch.m_mask.shape
+    n = neg.shape[1]
+    neg = neg.to(enc.device)
+    valid = neg >= 0
+    j = neg.clamp(min=0).reshape(-1)  # (B*n,)
+    i = torch.arange(b, device=enc.device).repeat_interleave(n)
+    neg_mask = batch.m_mask[j] & valid.reshape(-1, 1)
+    neg_mask[:, 0] |= ~valid.reshape(-1)  # keep one position so no row is all padding (masked again below)
+    neg_out = model.forward_encoded(enc[j], neg_mask, batch.text[i], batch.t_mask[i])
+    keep = (batch.m_mask[j] & valid.reshape(-1, 1)).reshape(b, n * t)
+    k = 0.5 if loss_reduce == "mean" else 1.0
+    losses = []
+    for pos_logits, neg_logits, target in ((out.start_logits, neg_out.start_logits, batch.start_idx),
+                                           (out.end_logits, neg_out.end_logits, batch.end_idx)):
+        neg_l = neg_logits.float().reshape(b, n * t).masked_fill(~keep, float("-inf"))
+        losses.append(torch.nn.functional.cross_entropy(torch.cat([pos_logits.float(), neg_l], dim=1), target))
+    return k * (losses[0] + losses[1])
+
+
+def _mean_terms(terms: list[dict[str, float]]) -> dict[str, float]:
+    """Per-key mean of the per-step loss terms (keys present in any step)."""
+    keys = sorted({k for t in terms for k in t})
+    return {k: float(np.mean([t[k] for t in terms if k in t])) for k in keys}
+
+
 # ---------------------------------------------------------------------------------------------- evaluation
 @torch.inference_mode()
 def evaluate(model: MLPLocalizer, pairset: PairSet, text_cache: TextCache, batch_size: int = 64,
-             device: torch.device | str = "cpu", bf16: bool = False, indices: list[int] | None = None) -> EvalMetrics:
-    """Top-1 decoding of every pair (or `indices`), batched by motion length; all matcher labels [PAD]."""
+             device: torch.device | str = "cpu", bf16: bool = False, indices: list[int] | None = None,
+             max_span: MaxSpan | None = None) -> EvalMetrics:
+    """Top-1 decoding of every pair (or `indices`), batched by motion length; all matcher labels [PAD].
+
+    `max_span`: the learned span limit (the run's `config.max_span`), None = no limit.
+    """
     dev = torch.device(device)
     was_training = model.training
     model.eval()
     idx = list(range(len(pairset))) if indices is None else list(indices)
     idx.sort(key=lambda i: pairset.motions[pairset.pairs[i].motion_index].n_snippets)
     ious: list[float] = []
+    p_se: list[float] = []
+    ratios: list[float] = []
     try:
         for k in range(0, len(idx), batch_size):
             chunk = idx[k: k + batch_size]
             b = collate(pairset, chunk, text_cache).to(dev)
             with autocast(dev, bf16):
                 probs = model.localize(model.encode_motion(b.snippets, b.m_mask), b.m_mask, b.text, b.t_mask)
-            dec = decode_best(probs.p_start, probs.p_end)
+            lim = None
+            if max_span is not None:
+                sms = [pairset.motions[pairset.pairs[i].motion_index] for i in chunk]
+                lim = torch.tensor([max_span.max_len(sm.n_snippets, sm.duration_s) for sm in sms], device=dev)
+            dec = decode_best(probs.p_start, probs.p_end, lim)
             for row, i in enumerate(chunk):
                 p = pairset.pairs[i]
                 sm = pairset.motions[p.motion_index]
                 t_s, t_e = index_to_seconds(int(dec.start_idx[row]), int(dec.end_idx[row]), sm.n_snippets,
                                             sm.duration_s)
                 ious.append(temporal_iou(t_s, t_e, p.start_s, p.end_s))
+                p_se.append(float(dec.p_se[row]))
+                ratios.append((t_e - t_s) / max(p.end_s - p.start_s, 1e-9))
     finally:
         model.train(was_training)
     a = np.asarray(ious, dtype=np.float64)
     if a.size == 0:
         return EvalMetrics(n=0, r1_iou0_5=0.0, r1_iou0_7=0.0, r1_iou0_9=0.0, miou=0.0)
     return EvalMetrics(n=int(a.size), r1_iou0_5=float((a >= 0.5).mean()), r1_iou0_7=float((a >= 0.7).mean()),
-                       r1_iou0_9=float((a >= 0.9).mean()), miou=float(a.mean()))
+                       r1_iou0_9=float((a >= 0.9).mean()), miou=float(a.mean()),
+                       p_se_median=float(np.median(p_se)), span_ratio_median=float(np.median(ratios)))
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -260,6 +346,12 @@ def train_localizer(
                              f"{config.model.text_dim}")
         log.info("text_dim set to %d (the text encoder's)", text_cache.dim)
         config = replace(config, model=replace(config.model, text_dim=text_cache.dim))
+    if ckpt is None:
+        config = replace(config, max_span=train_max_span(data.train, tc.max_span_quantile, tc.max_span_unit))
+        if config.max_span is not None:
+            ms = config.max_span
+            log.info("max span (q=%.2f of %d training spans): %.2f s or %.3f of the motion; decoding uses %s",
+                     ms.quantile, ms.n_spans, ms.seconds, ms.fraction, ms.unit)
     config.save(run_dir / "config.json")
 
     torch.manual_seed(tc.seed)
@@ -295,6 +387,9 @@ def train_localizer(
         _set_rng_state(ckpt["rng"])
         log.info("resumed %s at step %d (epoch %d of %d)", run_dir, step, step // steps_per_epoch, planned_epochs)
 
+    motion_texts = [set() for _ in data.train.motions]
+    for p in data.train.pairs:
+        motion_texts[p.motion_index].add(p.text)
     val_indices = None
     if data.val is not None and tc.val_max_pairs is not None and len(data.val) > tc.val_max_pairs:
         val_indices = sorted(np.random.default_rng(tc.seed).choice(len(data.val), tc.val_max_pairs,
@@ -304,7 +399,13 @@ def train_localizer(
         return planned_epochs * steps_per_epoch
 
     def lr_at(s: int) -> float:
-        return tc.lr * (tc.lr_decay if s >= int(tc.lr_decay_at * total_steps()) else 1.0)
+        return lr_schedule(tc, s, total_steps())
+
+    def align_weight_at(s: int) -> float:
+        lam = config.model.lambda_align
+        if tc.align_ramp <= 0:
+            return lam
+        return lam * min(1.0, s / max(1.0, tc.align_ramp * total_steps()))
 
     def alpha_at(s: int) -> float:
         m = config.model
@@ -315,7 +416,7 @@ def train_localizer(
                       "optimizer": opt.state_dict(), "step": step, "planned_epochs": planned_epochs,
                       "steps_per_epoch": steps_per_epoch, "best_score": best_score,
                       "best_metrics": asdict(best_metrics) if best_metrics else None, "history": history,
-                      "epoch_losses": epoch_losses, "rng": _rng_state()}, last_path)
+                      "epoch_losses": epoch_losses, "epoch_terms": epoch_terms, "rng": _rng_state()}, last_path)
 
     def emit(phase: str, epoch: int, loss: float, metrics: EvalMetrics | None = None) -> None:
         if progress is not None:
@@ -328,6 +429,7 @@ def train_localizer(
     probe_steps = min(8, max(1, steps_per_epoch - 1))  # measured inside the first epoch when possible
     t_probe = None
     epoch_losses: list[float] = list(ckpt.get("epoch_losses", [])) if ckpt is not None else []
+    epoch_terms: list[dict[str, float]] = list(ckpt.get("epoch_terms", [])) if ckpt is not None else []
     stopped_for_time = False
     while step < total_steps():
         epoch = step // steps_per_epoch
@@ -335,8 +437,8 @@ def train_localizer(
         for b_i in range(step - epoch * steps_per_epoch, steps_per_epoch):
             if step == 1 and t_probe is None:
                 t_probe = time.perf_counter()  # the first step warms up; time the next ones
-            batch = collate(data.train, order[b_i * tc.batch_size: (b_i + 1) * tc.batch_size].tolist(),
-                            text_cache).to(dev)
+            rows = order[b_i * tc.batch_size: (b_i + 1) * tc.batch_size].tolist()
+            batch = collate(data.train, rows, text_cache).to(dev)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             m_labels = flip_s = flip_e = None
@@ -345,9 +447,17 @@ def train_localizer(
             if config.model.recovering:
                 flip_s = model.flip_labels(batch.start_idx, batch.m_mask)
                 flip_e = model.flip_labels(batch.end_idx, batch.m_mask)
+            shared = None
             with autocast(dev, tc.bf16):
-                out = model(batch.snippets, batch.m_mask, batch.text, batch.t_mask, m_labels, flip_s, flip_e)
-            terms = mlp_loss(out, config.model, batch.m_mask, batch.start_idx, batch.end_idx, batch.h_labels)
+                if tc.negatives > 0:
+                    enc = model.encode_motion(batch.snippets, batch.m_mask)
+                    out = model.forward_encoded(enc, batch.m_mask, batch.text, batch.t_mask, m_labels, flip_s, flip_e)
+                    neg = negative_rows(data.train, rows, tc.negatives, motion_texts)
+                    shared = shared_norm_span_loss(model, enc, batch, out, neg, config.model.loss_reduce)
+                else:
+                    out = model(batch.snippets, batch.m_mask, batch.text, batch.t_mask, m_labels, flip_s, flip_e)
+            terms = mlp_loss(out, config.model, batch.m_mask, batch.start_idx, batch.end_idx, batch.h_labels,
+                             align_weight=align_weight_at(step), span_loss=shared)
             opt.zero_grad(set_to_none=True)
             terms.total.backward()
             if tc.grad_clip:
@@ -358,6 +468,7 @@ def train_localizer(
             if not math.isfinite(loss):
                 raise FloatingPointError(f"{run_dir}: loss became {loss} at step {step}")
             epoch_losses.append(loss)
+            epoch_terms.append(terms.as_floats())
             if not budget_fitted and t_probe is not None and step >= probe_steps + 1:
                 budget_fitted = True
                 sec_per_step = (time.perf_counter() - t_probe) / (step - 1)
@@ -382,11 +493,14 @@ def train_localizer(
             if step >= total_steps():
                 break
         # ---- end of epoch (or stop): evaluate, keep the best, save
-        rec = {"epoch": epoch, "step": step, "loss": float(np.mean(epoch_losses)) if epoch_losses else None}
+        rec = {"epoch": epoch, "step": step, "loss": float(np.mean(epoch_losses)) if epoch_losses else None,
+               "lr": lr_at(max(0, step - 1)), "terms": _mean_terms(epoch_terms)}
         epoch_losses = []
+        epoch_terms = []
         metrics = None
         if data.val is not None:
-            metrics = evaluate(model, data.val, text_cache, tc.eval_batch_size, dev, tc.bf16, val_indices)
+            metrics = evaluate(model, data.val, text_cache, tc.eval_batch_size, dev, tc.bf16, val_indices,
+                               max_span=config.max_span)
             rec["val"] = asdict(metrics)
             score = metrics.score(tc.select_metric)
             if best_score is None or score > best_score:
@@ -399,7 +513,7 @@ def train_localizer(
             log.info("epoch %d step %d loss %.4f (no validation split)", epoch, step, rec["loss"] or 0.0)
         history.append(rec)
         save_last([])
-        (run_dir / "history.json").write_text(json.dumps(history, indent=2, default=_json_default))
+        atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2, default=_json_default))
         emit("eval", epoch, rec["loss"] or 0.0, metrics)
         if stopped_for_time:
             log.warning("%s: stopped at step %d after the time budget of %.0f min; resume to continue",

@@ -134,3 +134,17 @@ def test_seconds_to_span_exact_grid():
     assert seconds_to_span(1.0, 2.0, 10, 10.0) == (1, 1)
     assert seconds_to_span(0.0, 10.0, 10, 10.0) == (0, 9)
     assert seconds_to_span(2.0, 5.0, 20, 10.0) == (4, 9)
+
+
+def test_decode_best_with_one_limit_per_row_equals_brute_force():
+    rng = np.random.default_rng(7)
+    b, t = 24, 20
+    ps = np.stack([_rand_dist(rng, t) for _ in range(b)])
+    pe = np.stack([_rand_dist(rng, t) for _ in range(b)])
+    lim = rng.integers(1, t + 1, size=b)
+    dec = decode_best(torch.from_numpy(ps), torch.from_numpy(pe), torch.from_numpy(lim))
+    for r in range(b):
+        (i, j), best = _brute_best(ps[r], pe[r], int(lim[r]))
+        assert (int(dec.start_idx[r]), int(dec.end_idx[r])) == (i, j)
+        assert float(dec.p_se[r]) == pytest.approx(best, rel=1e-6)
+        assert j - i < lim[r]
