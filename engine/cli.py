@@ -801,18 +801,39 @@ def export_cmd(
     corpus: Path | None = CLIP_CORPUS_OPTION,
     index: Path | None = CLIP_INDEX_OPTION,
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (a regular file only)."),
+    skeleton: str = typer.Option("canonical", "--skeleton", help="canonical (SMPL 22 joints) | source (the "
+                                 "original BVH file's skeleton and frames; BVH imports only)."),
+    fps: float | None = typer.Option(None, "--fps", help="--skeleton source: resample to this rate (slerp)."),
+    in_place: bool = typer.Option(False, "--in-place", help="--skeleton source: remove the horizontal root "
+                                  "translation."),
+    from_zero: bool = typer.Option(False, "--from-zero", help="--skeleton source: start at the origin "
+                                   "(facing as in the source)."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
-    """Write a span of a motion: BVH (SMPL 22 joints, cm), .npy ((F, 22, 3) float32, m), JSON or GLB (glTF)."""
+    """Write a span of a motion: BVH (SMPL 22 joints, cm), .npy ((F, 22, 3) float32, m), JSON or GLB (glTF).
+
+    With --skeleton source, a BVH cut of the motion's original file (same hierarchy and channels)."""
     from engine.corpus.io import atomic_write_bytes, check_output_target
     from engine.export import FORMATS, ClipError, clip_joints, resolve_motion_id, serialize_clip
 
+    if skeleton not in ("canonical", "source"):
+        fail(f"unknown --skeleton {skeleton!r}; choose canonical or source")
+    if skeleton == "canonical" and (fps is not None or in_place or from_zero):
+        fail("--fps, --in-place and --from-zero apply to --skeleton source only")
     fmt = fmt or (out.suffix.lower().lstrip(".") if out.suffix.lower().lstrip(".") in FORMATS else "bvh")
+    if skeleton == "source" and fmt.lower().lstrip(".") != "bvh":
+        fail("--skeleton source writes BVH only (--format bvh)")
     check_output_target(out, force)
     store = _clip_store(corpus, index)
     try:
         clip = clip_joints(store, resolve_motion_id(store, motion), start, end)
-        exported = serialize_clip(clip, fmt)
+        if skeleton == "source":
+            from engine.export_source import source_clip_bytes
+
+            exported, src_info = source_clip_bytes(store, clip.motion_id, start, end, fps=fps, in_place=in_place,
+                                                   from_zero=from_zero)
+        else:
+            exported, src_info = serialize_clip(clip, fmt), {}
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, exported.data)
     except (ClipError, OSError) as e:
@@ -822,7 +843,7 @@ def export_cmd(
     if as_json:
         print_json({"path": str(out), "format": fmt.lower().lstrip("."), "bytes": len(exported.data),
                     "motion_id": clip.motion_id, "name": clip.name, "fps": clip.fps, "start_s": clip.start_s,
-                    "end_s": clip.end_s, "n_frames": clip.n_frames})
+                    "end_s": clip.end_s, "n_frames": clip.n_frames, "skeleton": skeleton, **src_info})
     else:
         typer.echo(str(out))
 
