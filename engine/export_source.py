@@ -139,7 +139,7 @@ def resample_motion(bvh: B.BvhData, positions: np.ndarray) -> np.ndarray:
     for j, cols, axes in _rotation_groups(bvh):
         if len(cols) < 3:
             continue  # one or two rotation channels: per-angle interpolation (above) keeps the channel layout
-        q = slerp(quats[i0, j], quats[i1, j], a[:, None])
+        q = slerp(quats[i0, j], quats[i1, j], a)
         euler = Rotation.from_matrix(unit_quat_to_matrix(q)).as_euler(axes.upper(), degrees=True)  # intrinsic
         ref = out[:, cols]  # the lerp of the source angles: pick the nearest 360-degree equivalent
         euler += 360.0 * np.round((ref - euler) / 360.0)
