@@ -852,11 +852,14 @@ def bvh_to_motion(path: str | Path, preset: str | Path | SkeletonPreset | None =
     check_plausible_joints(res.joints, res.fps, where, limits)
     used = resolved or detect_preset(bvh)
     if checks:
-        from engine.corpus.bvh_diagnose import quarantine_problem
+        from engine.corpus.fps_check import G_M_S2, estimate_fps
 
-        problem = quarantine_problem(bvh, used, res)
-        if problem:
-            raise CorpusError(where, problem)
+        est = estimate_fps(res.joints, res.fps)  # a wrong declared rate scales the 20 fps joints in time alike
+        if est.estimated_fps is not None:
+            real = bvh.fps * est.estimated_fps / res.fps
+            raise CorpusError(where, f"quarantined: declares {bvh.fps:g} fps but the motion looks like {real:g} fps "
+                                     f"(its centre of mass falls at {est.com_fall_m_s2 / G_M_S2:.1f} g; fix its "
+                                     "Frame Time or import with --no-checks)")
     src = source or used.source
     stem = bvh_stem(path)
     key = storable(stem)
