@@ -180,7 +180,8 @@ def data_synth(
 @import_app.command("bvh")
 def import_bvh(
     paths: list[Path] = typer.Argument(..., help="BVH files (.bvh, .bvh.gz) or folders to walk."),
-    out: Path = typer.Option(..., "--out", help="Corpus directory to create or append to."),
+    out: Path | None = typer.Option(None, "--out", help="Corpus directory to create or append to "
+                                    "(required unless --dry-run)."),
     preset: str = typer.Option("auto", help="Skeleton preset: auto | bandai | cmu131 | cmu135 | smpl."),
     map_file: Path | None = typer.Option(None, "--map", help="Custom joint map JSON (see data/README.md)."),
     source: str | None = typer.Option(None, help="Source name stored with each motion (default: by preset)."),
@@ -189,6 +190,10 @@ def import_bvh(
                                     "max_file_bytes=2e9, max_decompressed_bytes, max_duration_s, "
                                     "max_resampled_frames, min_frame_time_s, max_frame_time_s, max_joints, "
                                     "max_coordinate_m, max_joint_speed_m_s, max_bone_m, min_skeleton_m."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Diagnose each file (preset, units, declared vs "
+                                 "estimated fps, up axis, T-pose, frames) and write nothing."),
+    no_checks: bool = typer.Option(False, "--no-checks", help="Import files that fail a check (e.g. a declared "
+                                   "fps the motion contradicts) instead of quarantining them."),
     as_json: bool = typer.Option(False, "--json"),
     db_url: str | None = DB_URL_OPTION,
 ) -> None:
@@ -205,10 +210,58 @@ def import_bvh(
         limits = ImportLimits.from_overrides(limit)
     except CorpusError as e:
         fail(str(e), 2)
+    if dry_run:
+        _bvh_dry_run(paths, str(map_file) if map_file else preset, limits, as_json)
+        return
+    if out is None:
+        fail("--out is required (or pass --dry-run to only diagnose the files)")
     errors: list[str] = []
     motions = bvh.iter_bvh_motions(paths, preset=str(map_file) if map_file else preset, source=source,
-                                   skip_bad=skip_bad, errors=errors, limits=limits)
+                                   skip_bad=skip_bad, errors=errors, limits=limits, checks=not no_checks)
     _store_import(out, motions, skip_bad, as_json, "import bvh", extra_bad=errors, url=db_url)
+
+
+def _bvh_dry_run(paths: list[Path], preset: str, limits, as_json: bool) -> None:
+    """`engine data import bvh --dry-run`: one diagnosis per file (engine.corpus.bvh_diagnose), nothing written."""
+    from engine.corpus.bvh import find_bvh_files
+    from engine.corpus.bvh_diagnose import diagnose_bvh
+    from engine.corpus.types import CorpusError
+
+    try:
+        from engine.corpus.bvh import resolve_preset
+
+        resolved = resolve_preset(preset)
+    except CorpusError as e:
+        fail(str(e), 2)
+    files, missing = find_bvh_files(paths)
+    diags = []
+    with _progress() as prog:
+        task = prog.add_task("diagnose bvh", total=len(files))
+        for f in files:
+            diags.append(diagnose_bvh(f, resolved, limits))
+            prog.advance(task)
+    n_bad = sum(not d.ok for d in diags)
+    if as_json:
+        print_json({"files": [d.to_dict() for d in diags], "other_problems": [str(e) for e in missing],
+                    "n_files": len(diags), "n_failed": n_bad,
+                    "n_warned": sum(bool(d.warnings) for d in diags)})
+        return
+    for d in diags:
+        if d.error:
+            typer.echo(f"{d.path}: FAILED unreadable: {d.error}")
+            continue
+        head = "ok" if d.ok else "FAILED " + ",".join(d.failed)
+        fps = f"{d.declared_fps:g} fps declared" + (f", looks like {d.estimated_fps:g}" if d.estimated_fps else "")
+        scale = f", {d.unit} ({d.scale_m:g} m/unit)" if d.scale_m else ""
+        missing_j = f" (missing {', '.join(d.missing_joints[:10])})" if d.missing_joints else ""
+        typer.echo(f"{d.path}: {head}: preset {d.preset}{missing_j}{scale}, {fps}, up {d.up_axis or '?'}, "
+                   f"T-pose frame 0: {'yes' if d.tpose_first_frame else 'no'}, {d.n_frames} frames, "
+                   f"{d.duration_s:g} s")
+        for w in d.warnings:
+            typer.echo(f"  warning: {w}")
+    for e in missing:
+        typer.echo(f"warning: {e}")
+    typer.echo(f"{len(diags)} files, {n_bad} failing a check, {sum(bool(d.warnings) for d in diags)} with warnings")
 
 
 @import_app.command("arrays")
@@ -766,19 +819,40 @@ def export_cmd(
     corpus: Path | None = CLIP_CORPUS_OPTION,
     index: Path | None = CLIP_INDEX_OPTION,
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (a regular file only)."),
+    skeleton: str = typer.Option("canonical", "--skeleton", help="canonical (SMPL 22 joints) | source (the "
+                                 "original BVH file's skeleton and frames; BVH imports only)."),
+    fps: float | None = typer.Option(None, "--fps", help="--skeleton source: resample to this rate (slerp)."),
+    in_place: bool = typer.Option(False, "--in-place", help="--skeleton source: remove the horizontal root "
+                                  "translation."),
+    from_zero: bool = typer.Option(False, "--from-zero", help="--skeleton source: start at the origin "
+                                   "(facing as in the source)."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
-    """Write a span of a motion: BVH (SMPL 22 joints, cm), .npy ((F, 22, 3) float32, m), JSON or GLB (glTF)."""
+    """Write a span of a motion: BVH (SMPL 22 joints, cm), .npy ((F, 22, 3) float32, m), JSON or GLB (glTF).
+
+    With --skeleton source, a BVH cut of the motion's original file (same hierarchy and channels)."""
     from engine.clipfile import serialize_clip
     from engine.corpus.io import atomic_write_bytes, check_output_target
     from engine.export import FORMATS, ClipError, clip_joints, resolve_motion_id
 
+    if skeleton not in ("canonical", "source"):
+        fail(f"unknown --skeleton {skeleton!r}; choose canonical or source")
+    if skeleton == "canonical" and (fps is not None or in_place or from_zero):
+        fail("--fps, --in-place and --from-zero apply to --skeleton source only")
     fmt = fmt or (out.suffix.lower().lstrip(".") if out.suffix.lower().lstrip(".") in FORMATS else "bvh")
+    if skeleton == "source" and fmt.lower().lstrip(".") != "bvh":
+        fail("--skeleton source writes BVH only (--format bvh)")
     check_output_target(out, force)
     store = _clip_store(corpus, index)
     try:
         clip = clip_joints(store, resolve_motion_id(store, motion), start, end)
-        exported = serialize_clip(clip, fmt)
+        if skeleton == "source":
+            from engine.export_source import source_clip_bytes
+
+            exported, src_info = source_clip_bytes(store, clip.motion_id, start, end, fps=fps, in_place=in_place,
+                                                   from_zero=from_zero)
+        else:
+            exported, src_info = serialize_clip(clip, fmt), {}
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, exported.data)
     except (ClipError, OSError) as e:
@@ -788,7 +862,7 @@ def export_cmd(
     if as_json:
         print_json({"path": str(out), "format": fmt.lower().lstrip("."), "bytes": len(exported.data),
                     "motion_id": clip.motion_id, "name": clip.name, "fps": clip.fps, "start_s": clip.start_s,
-                    "end_s": clip.end_s, "n_frames": clip.n_frames})
+                    "end_s": clip.end_s, "n_frames": clip.n_frames, "skeleton": skeleton, **src_info})
     else:
         typer.echo(str(out))
 

@@ -255,3 +255,16 @@ def test_cli_serve_wires_options_and_reports_a_missing_index(monkeypatch, tmp_pa
     assert r.exit_code == 0, r.output
     assert seen["index"] == tmp_path and seen["searcher"] is searcher
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+
+
+@pytest.mark.parametrize("params,problem", [
+    ({"skeleton": "source"}, "source skeleton is unavailable: it is a synth motion"),
+    ({"skeleton": "source", "format": "npy"}, "BVH only"),
+    ({"skeleton": "bone"}, "unknown skeleton"),
+    ({"fps": 30}, "skeleton=source only"),
+])
+def test_source_skeleton_clip_errors_explain(client, searcher, params, problem):
+    mid = next(iter(searcher.motions))
+    r = client.get(f"/motions/{mid}/clip", params={"start_s": 0.0, "end_s": 1.0} | params)
+    assert r.status_code == 422, r.text
+    assert problem in r.json()["detail"]

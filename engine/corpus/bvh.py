@@ -36,6 +36,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import zlib
 from collections.abc import Iterable, Iterator
@@ -814,8 +815,20 @@ def take_split(take_name: str, fractions: tuple[tuple[str, float], ...] | None =
 
 
 # ------------------------------------------------------------------------------------------- motion
+def source_record(path: Path, bvh: BvhData, drop_frames: int, fps_out: float) -> dict[str, Any]:
+    """What `engine export --skeleton source` needs to cut the original file again: its absolute path,
+    size and sha256, and the frame mapping (stored frame k is source frame ``start_frame + k * step``,
+    ``step = source_fps / fps``; a fractional position is a slerp between the two nearest frames)."""
+    from engine.corpus.store import file_sha256
+
+    size, sha = file_sha256(path)
+    return {"path": storable(os.fsdecode(path.resolve())), "bytes": size, "sha256": sha,
+            "source_fps": bvh.fps, "frame_time_s": bvh.frame_time_s, "source_frames": bvh.n_frames,
+            "start_frame": int(drop_frames), "step": bvh.fps / fps_out, "fps": fps_out}
+
+
 def bvh_to_motion(path: str | Path, preset: str | Path | SkeletonPreset | None = None,
-                  source: str | None = None, limits: ImportLimits | None = None) -> Motion:
+                  source: str | None = None, limits: ImportLimits | None = None, checks: bool = True) -> Motion:
     """Import one BVH file as a canonical Motion at 20 fps, with its HumanML3D features.
 
     `preset`: None/"auto" (detect from joint names), a preset name (PRESETS), a joint map JSON path,
@@ -824,6 +837,9 @@ def bvh_to_motion(path: str | Path, preset: str | Path | SkeletonPreset | None =
     `limits` (default `ImportLimits()`) bounds sizes before allocation and the joints' plausibility
     (coordinates, speeds, bone lengths). Every problem is a `CorpusError` naming the file. A file name
     that is not UTF-8 is stored in its escaped form (`engine.corpus.fsnames.storable`).
+    `checks`: quarantine a file failing an import check of `engine.corpus.bvh_diagnose` (a declared
+    frame rate the motion contradicts) with a `CorpusError` saying so.
+    The motion's ``meta["source_file"]`` is `source_record` (for the source-skeleton export).
     """
     from engine.corpus.features import joints_to_features
 
@@ -835,6 +851,15 @@ def bvh_to_motion(path: str | Path, preset: str | Path | SkeletonPreset | None =
     res = retarget(bvh, resolved, limits=limits)
     check_plausible_joints(res.joints, res.fps, where, limits)
     used = resolved or detect_preset(bvh)
+    if checks:
+        from engine.corpus.fps_check import G_M_S2, estimate_fps
+
+        est = estimate_fps(res.joints, res.fps)  # a wrong declared rate scales the 20 fps joints in time alike
+        if est.estimated_fps is not None:
+            real = bvh.fps * est.estimated_fps / res.fps
+            raise CorpusError(where, f"quarantined: declares {bvh.fps:g} fps but the motion looks like {real:g} fps "
+                                     f"(its centre of mass falls at {est.com_fall_m_s2 / G_M_S2:.1f} g; fix its "
+                                     "Frame Time or import with --no-checks)")
     src = source or used.source
     stem = bvh_stem(path)
     key = storable(stem)
@@ -844,7 +869,8 @@ def bvh_to_motion(path: str | Path, preset: str | Path | SkeletonPreset | None =
     motion = Motion(name=f"{src}/{key}", source=src, fps=res.fps, joints=res.joints, features=features,
                     split=take_split(stem), path=where,
                     meta={"preset": storable(res.preset), "scale_m": res.scale_m, "source_fps": res.source_fps,
-                          "source_frames": res.source_frames})
+                          "source_frames": res.source_frames,
+                          "source_file": source_record(path, bvh, used.drop_frames, res.fps)})
     sidecar = path.parent / f"{stem}.json"
     if (path.parent / "cfg" / "content_label.txt").is_file() and sidecar.is_file():
         label = read_bandai_label(sidecar)
@@ -886,12 +912,13 @@ def find_bvh_files(paths_or_dirs: Iterable[str | Path]) -> tuple[list[Path], lis
 
 def iter_bvh_motions(paths_or_dirs: Iterable[str | Path], preset: str | Path | SkeletonPreset | None = "auto",
                      source: str | None = None, skip_bad: bool = False,
-                     errors: list[str] | None = None, limits: ImportLimits | None = None) -> Iterator[Motion]:
+                     errors: list[str] | None = None, limits: ImportLimits | None = None,
+                     checks: bool = True) -> Iterator[Motion]:
     """Motions of every BVH file under the given files/folders (see `bvh_to_motion`).
 
     With `skip_bad`, bad files (and label files without a BVH) are logged, appended to `errors` as
     ``"path: problem"`` and skipped; otherwise the first one raises `CorpusError`. `limits`: see
-    `bvh_to_motion`.
+    `bvh_to_motion` (as is `checks`: a quarantined file is a bad file).
     """
     resolved = resolve_preset(preset)  # a bad joint map fails before any file is read
     files, missing = find_bvh_files(paths_or_dirs)
@@ -903,7 +930,7 @@ def iter_bvh_motions(paths_or_dirs: Iterable[str | Path], preset: str | Path | S
             errors.append(str(err))
     for f in files:
         try:
-            yield bvh_to_motion(f, resolved, source=source, limits=limits)
+            yield bvh_to_motion(f, resolved, source=source, limits=limits, checks=checks)
         except CorpusError as err:
             if not skip_bad:
                 raise

@@ -3,7 +3,7 @@
     GET /search?q=&k=&lam=&limit=              ranked moments (the same list as `Searcher.search`)
     POST /search {motion_id, start_s, end_s}   "more like this": moments similar to a span (`engine.like`)
     GET /motions/{motion_id}[?joints=true]     metadata + annotations (+ joints for the preview, <= 20 fps)
-    GET /motions/{motion_id}/clip?start_s=&end_s=&format=bvh|npy|json|glb   a clip as a file download
+    GET /motions/{motion_id}/clip?start_s=&end_s=&format=bvh|npy|json|glb[&skeleton=source]   a clip download
     GET /health                                index version and counts
     GET /                                      the web page (engine/serve/static/)
 
@@ -354,16 +354,34 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
         start_s: float = Query(0.0, allow_inf_nan=False, description="Clip start, seconds."),
         end_s: float | None = Query(None, allow_inf_nan=False, description="Clip end, seconds (default: the end)."),
         format: str = Query("bvh", description="bvh | npy | json | glb"),
+        skeleton: str = Query("canonical", description="canonical (SMPL 22 joints) | source (the original BVH "
+                              "file's skeleton and frames; BVH imports only, format bvh)"),
+        fps: float | None = Query(None, gt=0, le=1000, allow_inf_nan=False,
+                                  description="skeleton=source: resample to this rate"),
+        in_place: bool = Query(False, description="skeleton=source: remove the horizontal root translation"),
+        from_zero: bool = Query(False, description="skeleton=source: start at the origin"),
     ) -> Response:
         """A span of a motion as a BVH, NPY ((F, 22, 3) joints), JSON or GLB (glTF 2.0) file download."""
         from engine.clipfile import clip_bytes
         from engine.export import ClipError
 
+        if skeleton not in ("canonical", "source"):
+            raise HTTPException(422, f"unknown skeleton {skeleton!r}; choose canonical or source")
+        if skeleton == "source" and format.lower().lstrip(".") != "bvh":
+            raise HTTPException(422, "skeleton=source exports BVH only (format=bvh)")
+        if skeleton == "canonical" and (fps is not None or in_place or from_zero):
+            raise HTTPException(422, "fps, in_place and from_zero apply to skeleton=source only")
         s = holder.get()
         with holder.store_lock:
             _motion_row(s, motion_id)
             try:
-                exp = clip_bytes(s.store, motion_id, start_s, end_s, format)
+                if skeleton == "source":
+                    from engine.export_source import source_clip_bytes
+
+                    exp, _ = source_clip_bytes(s.store, motion_id, start_s, end_s, fps=fps, in_place=in_place,
+                                               from_zero=from_zero)
+                else:
+                    exp = clip_bytes(s.store, motion_id, start_s, end_s, format)
             except ClipError as e:
                 raise HTTPException(422, str(e)) from None
         fname = _safe_filename(exp.filename)

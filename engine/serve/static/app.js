@@ -68,6 +68,12 @@ function renderRow(mo) {
     $(".span-s", li).textContent = `${fmt(a, 2)}–${fmt(b, 2)} s`;
     $(".of", li).textContent = `(${fmt(b - a, 2)} s of a ${fmt(pv.duration, 1)} s motion)`;
     for (const f of FORMATS) $(`.dl-${f}`, li).href = clipUrl(mo.motion_id, a, b, f);
+    // Motions imported from one BVH file can also be cut from that file, on its own skeleton.
+    if (/\.bvh(\.gz)?$/i.test(mo.path || "")) {
+      const src = $(".dl-source", li);
+      src.hidden = false;
+      src.href = `${clipUrl(mo.motion_id, a, b, "bvh")}&skeleton=source`;
+    }
   };
   const els = {
     canvas: $("canvas", li), play: $(".play", li), speed: $(".speed", li), clock: $(".clock", li),
