@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
+from engine.corpus.progress import StageBars, progress_display
 from engine.corpus.types import EngineError
 from engine.request import SearchRequest
 
@@ -77,26 +78,13 @@ def print_json(obj) -> None:
 
 
 def _progress():
-    """A rich progress bar on stderr (hidden when stderr is not a terminal)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=False,
-                    disable=not sys.stderr.isatty())
-    return prog
+    """A rich progress display on stderr (hidden when stderr is not a terminal)."""
+    return progress_display()
 
 
 def _bar_fn(prog):
     """The (stage, done, total) progress callback of library code, drawn as one bar per stage on `prog`."""
-    tasks: dict[str, int] = {}
-
-    def bar(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = prog.add_task(stage, total=total)
-        prog.update(tasks[stage], completed=done, total=total)
-
-    return bar
+    return StageBars(prog)
 
 
 def _open_store(corpus: Path, verify: str = "sizes"):

@@ -12,11 +12,12 @@ non-zero exit; `--json` prints machine-readable results.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import typer
+
+from engine.corpus.progress import StageBars
 
 # (localizer run dir, device=...) -> (features -> the array to cache per motion, the localizer's sha256).
 # The application layer (engine/cli.py) passes one to `make_index_app`: the indexer never imports the
@@ -33,28 +34,7 @@ def _print_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
-class _Bars:
-    """A rich progress bar per stage on stderr, fed by `progress(stage, done, total)` callbacks."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), console=Console(stderr=True), disable=not sys.stderr.isatty())
-        self.tasks: dict[str, int] = {}
-
-    def __enter__(self) -> _Bars:
-        self.prog.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.prog.__exit__(*exc)
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.prog.add_task(stage, total=total)
-        self.prog.update(self.tasks[stage], completed=done, total=total)
+_Bars = StageBars  # the one progress helper (engine/corpus/progress.py)
 
 
 class _LocalizerFeatures:

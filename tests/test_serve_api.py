@@ -172,7 +172,8 @@ def test_health_and_openapi(client, searcher):
     h = client.get("/health").json()
     man = searcher.index.manifest
     assert h == {"status": "ok", "index_version": man.version, "motions": man.n_motions, "chunks": man.n_chunks,
-                 "corpus_motions": len(searcher.motions)}
+                 "corpus_motions": len(searcher.motions), "localizer": str(searcher.localizer_path),
+                 "localizer_matches_index": True}
     schema = client.get("/openapi.json").json()
     assert {"/search", "/motions/{motion_id}", "/motions/{motion_id}/clip", "/health"} <= set(schema["paths"])
     assert client.get("/docs").status_code == 200

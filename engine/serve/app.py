@@ -136,6 +136,8 @@ class HealthOut(BaseModel):
     motions: int
     chunks: int
     corpus_motions: int
+    localizer: str  # the localizer run searches use
+    localizer_matches_index: bool  # False: not the one the index was built with (its motion cache is unused)
 
 
 class ErrorOut(BaseModel):
@@ -394,7 +396,9 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
         s = holder.get()
         man = s.index.manifest
         return HealthOut(status="ok", index_version=str(man.version), motions=int(man.n_motions),
-                         chunks=int(man.n_chunks), corpus_motions=len(s.motions))
+                         chunks=int(man.n_chunks), corpus_motions=len(s.motions),
+                         localizer=str(getattr(s, "localizer_path", "")),
+                         localizer_matches_index=bool(getattr(s, "localizer_matches_index", False)))
 
     # ------------------------------------------------------------------ page
     @app.get("/", include_in_schema=False)
