@@ -48,6 +48,7 @@ def start_server(args, port: int, log_path: Path) -> subprocess.Popen:
         cmd += ["--index", args.index]
     if args.localizer:
         cmd += ["--localizer", args.localizer]
+    cmd += ["--cache-size", str(args.cache_size), "--batch-window-ms", str(args.batch_window_ms)]
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     root = str(Path(__file__).resolve().parents[1])
@@ -88,6 +89,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=10)
     ap.add_argument("--max-seconds", type=float, default=120.0, help="stop sending after this long")
     ap.add_argument("--startup-seconds", type=float, default=600.0)
+    ap.add_argument("--cache-size", type=int, default=256, help="the server's result cache (0: every request "
+                    "searches; the micro-batching alone)")
+    ap.add_argument("--batch-window-ms", type=float, default=4.0, help="the server's micro-batch window")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -162,6 +166,7 @@ def main() -> None:
         "errors": len(errors), "error_samples": errors[:5], "mismatches": len(mismatches),
         "identical_to_sequential": not mismatches and not errors,
         "stopped_by_max_seconds": done + len(errors) < args.requests,
+        "cache_size": args.cache_size, "batch_window_ms": args.batch_window_ms,
     }
     if args.json:
         print(json.dumps(out, indent=2))

@@ -750,6 +750,9 @@ def serve_cmd(
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without a token."),
     header_timeout_s: float = typer.Option(10.0, "--header-timeout-s", help="Close connections whose request "
                                            "headers take longer."),
+    batch_window_ms: float = typer.Option(4.0, "--batch-window-ms", help="Searches arriving within this window "
+                                          "share one localizer pass (0: no waiting)."),
+    cache_size: int = typer.Option(256, "--cache-size", help="Recent results kept (0: no result cache)."),
 ) -> None:
     """Serve the HTTP API (/search, /motions, /docs) and the web page with skeleton previews."""
     from engine.serve import is_loopback, load_searcher, run_server
@@ -763,6 +766,8 @@ def serve_cmd(
              "to serve without authentication")
     if not 0 < header_timeout_s <= 600:
         fail(f"--header-timeout-s must be in (0, 600] (got {header_timeout_s})")
+    if not 0 <= batch_window_ms <= 1000 or cache_size < 0:
+        fail("--batch-window-ms must be in 0..1000 and --cache-size at least 0")
     try:
         searcher = load_searcher(index, localizer=localizer, device=device, notify=lambda m: typer.echo(m, err=True),
                                  warmup=True)
@@ -771,7 +776,8 @@ def serve_cmd(
     if not is_loopback(host) and token is None:
         typer.echo(f"warning: binding {host}: the API has no authentication (--insecure)", err=True)
     typer.echo(f"serving on http://{host}:{port}/{'?token=…' if token else ''}  (API docs: /docs)", err=True)
-    run_server(searcher, host=host, port=port, log_level=log_level, token=token, header_timeout_s=header_timeout_s)
+    run_server(searcher, host=host, port=port, log_level=log_level, token=token, header_timeout_s=header_timeout_s,
+               batch_options={"window_s": batch_window_ms / 1000.0, "cache_size": cache_size})
 
 
 # ---------------------------------------------------------------------------------------------- export / render

@@ -35,7 +35,8 @@ def is_loopback(host: str) -> bool:
 
 def server_config(searcher, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
                   token: str | None = None, header_timeout_s: float = 10.0, keep_alive_s: float = 5.0,
-                  max_connections: int = 64, max_request_line_bytes: int = 2 << 20):
+                  max_connections: int = 64, max_request_line_bytes: int = 2 << 20,
+                  batch_options: dict | None = None):
     """The uvicorn configuration `run_server` serves (tests start a server from the same one).
 
     Slow clients are cut off: request headers must arrive within `header_timeout_s`, idle keep-alive
@@ -48,18 +49,18 @@ def server_config(searcher, host: str = "127.0.0.1", port: int = 8000, log_level
     from engine.serve.app import MAX_URL_CHARS
     from engine.serve.protocol import protocol_with_timeout
 
-    return uvicorn.Config(create_app(searcher=searcher, token=token), host=host, port=port, log_level=log_level,
+    return uvicorn.Config(create_app(searcher=searcher, token=token, batch_options=batch_options), host=host, port=port, log_level=log_level,
                           http=protocol_with_timeout(header_timeout_s), timeout_keep_alive=int(keep_alive_s),
                           limit_concurrency=max_connections,
                           h11_max_incomplete_event_size=max(max_request_line_bytes, 2 * MAX_URL_CHARS))
 
 
 def run_server(searcher, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-               token: str | None = None, header_timeout_s: float = 10.0) -> None:
+               token: str | None = None, header_timeout_s: float = 10.0, batch_options: dict | None = None) -> None:
     """Serve `create_app(searcher, token=token)` with uvicorn until interrupted (one process)."""
     import uvicorn
 
     if not is_loopback(host) and token is None:
         log.warning("binding %s without a token: anyone who can reach this port can use the API", host)
     uvicorn.Server(server_config(searcher, host=host, port=port, log_level=log_level, token=token,
-                                 header_timeout_s=header_timeout_s)).run()
+                                 header_timeout_s=header_timeout_s, batch_options=batch_options)).run()

@@ -210,7 +210,7 @@ def _finite(name: str, value: float | None) -> None:
 # ---------------------------------------------------------------------------------------------- app
 def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
                index_dir: str | Path | None = None, localizer: str | Path | None = None,
-               device: str = "cpu", token: str | None = None) -> FastAPI:
+               device: str = "cpu", token: str | None = None, batch_options: dict[str, Any] | None = None) -> FastAPI:
     """The FastAPI app over one Searcher: given, made by `searcher_factory`, or opened from `index_dir`.
 
     Given a factory or paths, the Searcher is loaded when the app starts (lifespan), once.
@@ -230,6 +230,7 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
     else:
         raise ValueError("create_app: give a searcher, a searcher_factory or an index_dir")
     holder = SearcherHolder(factory)
+    holder.batch_options = dict(batch_options or {})  # MicroBatcher(window_s=, max_batch=, cache_size=)
 
     from contextlib import asynccontextmanager
 
