@@ -78,6 +78,13 @@ def key(body: dict) -> list[tuple]:
     return [(m["motion_id"], m["start_s"], m["end_s"], m["score"]) for m in body["moments"]]
 
 
+def same(got: list[tuple], want: list[tuple], rel: float = 1e-5) -> bool:
+    """The same moments in the same order, scores equal to float32 precision: a micro-batched localizer pass
+    pads its batch differently from a lone query's, which moves scores in the 7th digit, never the moments."""
+    return len(got) == len(want) and all(
+        a[:3] == b[:3] and abs(a[3] - b[3]) <= rel * max(abs(a[3]), abs(b[3]), 1e-30) for a, b in zip(got, want))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--index", default=None, help="index directory (default: the built-in one)")
@@ -137,7 +144,7 @@ def main() -> None:
                             errors.append(f"{r.status_code} {r.text[:200]}")
                             return
                         lat.append(dt)
-                        if key(r.json()) != reference[p["q"]]:
+                        if not same(key(r.json()), reference[p["q"]]):
                             mismatches.append(p["q"])
                 except httpx.HTTPError as e:
                     with lock:
