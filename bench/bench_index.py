@@ -89,7 +89,7 @@ def bench_motions(n_chunks: int, motion_s: tuple[float, float], fps: float = 20.
     return feats, spans
 
 
-def window_rate(model, feats, spans, dtype: str, batch_size: int, direct: bool = False) -> float:
+def window_rate(model, feats, spans, dtype: str, batch_size: int, direct: bool = False, repeat: int = 3) -> float:
     from indexer.embed import embed_chunks, embed_chunks_direct
 
     fps = {m: 20.0 for m in feats}
@@ -98,9 +98,12 @@ def window_rate(model, feats, spans, dtype: str, batch_size: int, direct: bool =
     else:
         run = lambda sp: embed_chunks(model, sp, fps, feats.__getitem__, batch_size, dtype)  # noqa: E731
     run([s for s in spans if s.motion_id == 0])  # warm-up
-    t0 = time.perf_counter()
-    run(spans)
-    return len(spans) / (time.perf_counter() - t0)
+    best = float("inf")
+    for _ in range(repeat):  # best of `repeat`: the cores are shared, the minimum is the least disturbed
+        t0 = time.perf_counter()
+        run(spans)
+        best = min(best, time.perf_counter() - t0)
+    return len(spans) / best
 
 
 def faiss_search(n_vectors: int, d: int, n_queries: int, ks: tuple[int, ...]) -> dict:
@@ -201,7 +204,7 @@ def main() -> None:
         if pool == "mean":  # the per-chunk slow path, on the first motions only
             sub = [s for s in spans if s.motion_id < max(1, len(feats) // 8)]
             out["direct_fp32_chunks_per_s"] = round(window_rate(wmodel, feats, sub, "fp32", args.batch_size,
-                                                                direct=True), 1)
+                                                                direct=True, repeat=1), 1)
         win[pool] = out
     res["window"] = win
     res["estimate_build_s"] = {"target_chunks": args.target}
