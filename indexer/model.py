@@ -6,6 +6,9 @@ product), so that chunk vectors can live in a FAISS inner-product index.
 - Motion: (x - mean) / std -> linear 263 -> d_model, a learnable [EMB] token in front, sinusoidal PE,
   transformer encoder (pre-norm off, GELU, key padding mask); the [EMB] output is L2-normalised,
   projected to `embed_dim` and normalised again.
+- Or, with `RetrievalConfig.arch='window'`, the window encoder of indexer/window_encoder.py: one conv pass
+  per motion, any window's embedding pooled from it (`encode_windows`); checkpoints record their `arch`
+  (absent: 'transformer', so older checkpoints load, and fingerprint, unchanged).
 - Text: a frozen sentence encoder (MiniLM, 384-d, `engine.corpus.text.sentence_encoder`) -> projection
   (linear, or a small MLP) -> L2 norm. LoRA on the text encoder is not implemented (the encoder stays frozen).
 - Loss (`drop_triple_loss`): hinge triplet with margin 0.2 in both directions; warm-up epochs sum every
