@@ -1,7 +1,9 @@
 """Index build speed: chunks embedded per second (fp32, bf16) beside this machine's matmul GFLOP/s,
-FAISS flat search with and without the BLAS path, and an estimate of a 150,000-chunk build.
+FAISS flat search with and without the BLAS path, and an estimate of a 150,000-chunk build; the
+transformer encoder and the window encoder (indexer/window_encoder.py) measured in the same run.
 
     python3 bench/bench_index.py [--chunks 256] [--vectors 150000] [--device cpu] [--json out.json]
+    python3 bench/bench_index.py --only-encoders   # encoders only (no FAISS part)
     OMP_WAIT_POLICY=PASSIVE python3 bench/bench_index.py ...   # see the note below
 
 Note: on a machine whose cores are shared with other busy processes, OpenMP's default spin-waiting makes
@@ -9,8 +11,16 @@ FAISS's multi-threaded BLAS search path several times slower than the single-thr
 (2 shared cores, 64 queries over 150k x 256): 668 ms with 2 spinning threads, 83 ms with
 OMP_WAIT_POLICY=PASSIVE, 74 ms with one thread, versus 440-520 ms on the default non-BLAS path.
 
-The retrieval model is the default architecture (d=256, 3 layers, 4 heads, ff 1024), randomly
-initialised: speed does not depend on the weights. Chunks are 10 s windows at 20 fps (200 frames).
+The transformer is the shipped architecture (engine/models/retrieval-demo's config: d=128, 3 layers,
+4 heads, ff 1024; `--d-model` overrides), randomly initialised: speed does not depend on the weights.
+Its chunks are 10 s windows at 20 fps (200 frames), each encoded on its own.
+
+The window encoder (same d_model, defaults of RetrievalConfig's window_* fields, mean and attention
+pooling) is measured the way the index build runs it (`indexer.embed.embed_chunks`): seeded motions of
+`--motion-s` seconds (default 10-120 s, uniform) chunked into 10 s windows every 1 s, each motion encoded
+once and all its chunks pooled. Its per-chunk cost depends on the motion lengths (about `stride_s` of
+new frames per chunk, plus the motion's last window); `window_direct` is the per-chunk slow path (each
+chunk encoded on its own segment with its context) for comparison.
 """
 
 from __future__ import annotations
@@ -56,6 +66,44 @@ def embed_rate(model, n_chunks: int, n_frames: int, dtype: str, batch_size: int)
     t0 = time.perf_counter()
     model.encode_motion(windows, batch_size=batch_size, dtype=dtype)
     return n_chunks / (time.perf_counter() - t0)
+
+
+def window_gflop_per_frame(cfg) -> float:
+    """Multiply-adds x 2 per frame of the window encoder's whole-motion pass (patchify + conv blocks)."""
+    c = cfg.window_config()
+    per_snippet = sum(c.kernel * c.d_model * c.hidden + c.hidden * c.d_model for _ in c.dilations)
+    return 2 * (c.feature_dim * c.d_model + per_snippet / c.stride) / 1e9
+
+
+def bench_motions(n_chunks: int, motion_s: tuple[float, float], fps: float = 20.0, seed: int = 0):
+    """Seeded feature arrays of motions, chunked like an index build, until they hold >= n_chunks."""
+    from indexer.chunks import plan_chunks
+
+    rng = np.random.default_rng(seed)
+    feats, spans = {}, []
+    while len(spans) < n_chunks:
+        mid = len(feats)
+        n_frames = int(rng.uniform(*motion_s) * fps)
+        feats[mid] = rng.normal(size=(n_frames - 1, 263)).astype(np.float32)
+        spans.extend(plan_chunks(mid, n_frames, fps))
+    return feats, spans
+
+
+def window_rate(model, feats, spans, dtype: str, batch_size: int, direct: bool = False, repeat: int = 3) -> float:
+    from indexer.embed import embed_chunks, embed_chunks_direct
+
+    fps = {m: 20.0 for m in feats}
+    if direct:
+        run = lambda sp: embed_chunks_direct(model, sp, fps, feats.__getitem__, batch_size)  # noqa: E731
+    else:
+        run = lambda sp: embed_chunks(model, sp, fps, feats.__getitem__, batch_size, dtype)  # noqa: E731
+    run([s for s in spans if s.motion_id == 0])  # warm-up
+    best = float("inf")
+    for _ in range(repeat):  # best of `repeat`: the cores are shared, the minimum is the least disturbed
+        t0 = time.perf_counter()
+        run(spans)
+        best = min(best, time.perf_counter() - t0)
+    return len(spans) / best
 
 
 def faiss_search(n_vectors: int, d: int, n_queries: int, ks: tuple[int, ...]) -> dict:
@@ -106,10 +154,15 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=64)
     ap.add_argument("--target", type=int, default=150_000, help="chunks in the build-time estimate")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--d-model", type=int, default=None, help="encoder width (default: the shipped model's)")
+    ap.add_argument("--window-chunks", type=int, default=2000, help="chunks embedded by the window encoder")
+    ap.add_argument("--motion-s", type=float, nargs=2, default=(10.0, 120.0), help="motion lengths (uniform)")
+    ap.add_argument("--only-encoders", action="store_true", help="skip the FAISS part")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = ap.parse_args()
 
-    cfg = RetrievalConfig()
+    d_model = args.d_model or _shipped_d_model()
+    cfg = RetrievalConfig(d_model=d_model)
     model = RetrievalModel.random(cfg, seed=0).to(args.device)
     gflop = encoder_gflop_per_chunk(cfg, args.frames)
     res: dict = {"device": args.device, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -117,23 +170,64 @@ def main() -> None:
                  "model": {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "ff_dim": cfg.ff_dim,
                            "embed_dim": cfg.embed_dim}, "frames_per_chunk": args.frames,
                  "gflop_per_chunk": round(gflop, 3)}
-    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        mm = matmul_gflops(dt, device=args.device)
+    mm = {"fp32": matmul_gflops(torch.float32, device=args.device)}
+    mm["bf16"] = matmul_gflops(torch.bfloat16, n=512, repeat=2, device=args.device)  # a probe first: ...
+    dtypes = ["fp32"]
+    if mm["bf16"] > mm["fp32"] / 2:  # ... CPUs without bf16 units run it ~100x slower: skip it there
+        mm["bf16"] = matmul_gflops(torch.bfloat16, device=args.device)
+        dtypes.append("bf16")
+    else:
+        res["bf16"] = {"matmul_gflops_n512": round(mm["bf16"], 2), "skipped": "bf16 matmul slower than fp32 / 2"}
+    for name in dtypes:
         rate = embed_rate(model, args.chunks, args.frames, name, args.batch_size)
-        res[name] = {"matmul_gflops": round(mm, 1), "chunks_per_s": round(rate, 1),
-                     "encoder_gflops": round(rate * gflop, 1), "fraction_of_matmul": round(rate * gflop / mm, 3),
+        res[name] = {"matmul_gflops": round(mm[name], 1), "chunks_per_s": round(rate, 1),
+                     "encoder_gflops": round(rate * gflop, 1),
+                     "fraction_of_matmul": round(rate * gflop / mm[name], 3),
                      "estimate_embed_s": round(args.target / rate, 1)}
-    res["faiss"] = faiss_search(args.vectors, cfg.embed_dim, args.queries, ks=(10, 1000))
-    best = max(res["fp32"]["chunks_per_s"], res["bf16"]["chunks_per_s"])
-    res["estimate_build_s"] = {
-        "target_chunks": args.target,
-        "fp32": round(args.target / res["fp32"]["chunks_per_s"] + res["faiss"]["flat_add_s"], 1),
-        "best_dtype": round(args.target / best + res["faiss"]["flat_add_s"], 1),
-    }
+
+    feats, spans = bench_motions(args.window_chunks, tuple(args.motion_s))
+    n_frames = sum(len(f) for f in feats.values())
+    win: dict = {"n_motions": len(feats), "n_chunks": len(spans), "frames_per_chunk": round(n_frames / len(spans), 2)}
+    for pool in ("mean", "attn"):
+        wcfg = RetrievalConfig(d_model=d_model, arch="window", window_pool=pool)
+        wmodel = RetrievalModel.random(wcfg, seed=0).to(args.device)
+        g = window_gflop_per_frame(wcfg) * n_frames / len(spans)
+        c = wcfg.window_config()
+        out = {"config": {"stride": c.stride, "kernel": c.kernel, "dilations": list(c.dilations), "hidden": c.hidden,
+                          "context_frames": c.context_frames}, "gflop_per_chunk": round(g, 4)}
+        for name in dtypes:
+            rate = window_rate(wmodel, feats, spans, name, args.batch_size)
+            out[name] = {"chunks_per_s": round(rate, 1), "encoder_gflops": round(rate * g, 1),
+                         "fraction_of_matmul": round(rate * g / mm[name], 3),
+                         "estimate_embed_s": round(args.target / rate, 1),
+                         "speedup_vs_transformer": round(rate / res[name]["chunks_per_s"], 1)}
+        if pool == "mean":  # the per-chunk slow path, on the first motions only
+            sub = [s for s in spans if s.motion_id < max(1, len(feats) // 8)]
+            out["direct_fp32_chunks_per_s"] = round(window_rate(wmodel, feats, sub, "fp32", args.batch_size,
+                                                                direct=True, repeat=1), 1)
+        win[pool] = out
+    res["window"] = win
+    res["estimate_build_s"] = {"target_chunks": args.target}
+    if not args.only_encoders:
+        res["faiss"] = faiss_search(args.vectors, cfg.embed_dim, args.queries, ks=(10, 1000))
+    add_s = res.get("faiss", {}).get("flat_add_s", 0.0)
+    for key, rate in (("transformer_fp32", res["fp32"]["chunks_per_s"]),
+                      ("transformer_best_dtype", max(res[d]["chunks_per_s"] for d in dtypes)),
+                      ("window_mean_fp32", win["mean"]["fp32"]["chunks_per_s"]),
+                      ("window_attn_fp32", win["attn"]["fp32"]["chunks_per_s"])):
+        res["estimate_build_s"][key] = round(args.target / rate + add_s, 1)
     text = json.dumps(res, indent=2)
     print(text)
     if args.json:
         args.json.write_text(text)
+
+
+def _shipped_d_model() -> int:
+    cfg = Path(__file__).resolve().parents[1] / "engine/models/retrieval-demo/config.json"
+    try:
+        return int(json.loads(cfg.read_text())["model"]["d_model"])
+    except (OSError, KeyError, ValueError):
+        return 128
 
 
 if __name__ == "__main__":

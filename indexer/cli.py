@@ -371,6 +371,10 @@ def train_retrieval_cmd(
     warmup_epochs: int = typer.Option(5, "--warmup-epochs", help="Epochs summing all violations."),
     d_model: int = typer.Option(256, "--d-model"),
     n_layers: int = typer.Option(3, "--layers"),
+    arch: str = typer.Option("transformer", "--arch",
+                             help="Motion encoder: transformer (one pass per window) | window (one conv pass "
+                                  "per motion, windows pooled from it; fast index builds)."),
+    window_pool: str = typer.Option("mean", "--window-pool", help="Pooling of the window encoder: mean | attn."),
     seed: int = typer.Option(0, "--seed"),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     as_json: bool = typer.Option(False, "--json"),
@@ -380,7 +384,11 @@ def train_retrieval_cmd(
     from indexer.model import RetrievalConfig
     from indexer.train import TrainConfig, train_retrieval
 
-    config = TrainConfig(model=RetrievalConfig(d_model=d_model, n_layers=n_layers), epochs=epochs,
+    try:
+        mcfg = RetrievalConfig(d_model=d_model, n_layers=n_layers, arch=arch, window_pool=window_pool)
+    except ValueError as e:
+        _fail(str(e), code=2)
+    config = TrainConfig(model=mcfg, epochs=epochs,
                          batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, seed=seed)
     store = _open_corpus(corpus)
     try:

@@ -6,6 +6,9 @@ product), so that chunk vectors can live in a FAISS inner-product index.
 - Motion: (x - mean) / std -> linear 263 -> d_model, a learnable [EMB] token in front, sinusoidal PE,
   transformer encoder (pre-norm off, GELU, key padding mask); the [EMB] output is L2-normalised,
   projected to `embed_dim` and normalised again.
+- Or, with `RetrievalConfig.arch='window'`, the window encoder of indexer/window_encoder.py: one conv pass
+  per motion, any window's embedding pooled from it (`encode_windows`); checkpoints record their `arch`
+  (absent: 'transformer', so older checkpoints load, and fingerprint, unchanged).
 - Text: a frozen sentence encoder (MiniLM, 384-d, `engine.corpus.text.sentence_encoder`: plain-torch BERT
   on the model's device, `engine.corpus.bert`) -> projection
   (linear, or a small MLP) -> L2 norm. LoRA on the text encoder is not implemented (the encoder stays frozen).
@@ -37,10 +40,13 @@ from torch import nn
 from engine.corpus.device import resolve_device
 from engine.corpus.io import atomic_writer
 from engine.corpus.skeleton import FEATURE_DIM
+from indexer.chunks import resample_window
+from indexer.window_encoder import WindowEncoder, WindowEncoderConfig, context_segment
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+ARCHS = ("transformer", "window")
 
 
 @dataclass
@@ -59,6 +65,40 @@ class RetrievalConfig:
     text_model: str = "minilm"  # 'minilm' or a local sentence-transformers directory
     text_dim: int = 384  # width of the frozen sentence embeddings
     text_hidden: int | None = 512  # hidden width of the text projection MLP; None: one linear layer
+    # Motion encoder architecture: 'transformer' (MotionEncoder above: one attention pass per window; the
+    # architecture of every checkpoint without this field) or 'window' (indexer/window_encoder.py: one
+    # conv pass per motion, windows pooled from it). The window_* fields only apply to 'window'.
+    arch: str = "transformer"
+    window_hidden: int | None = None  # width inside the conv blocks (None: 2 * d_model)
+    window_stride: int = 4  # frames per snippet
+    window_kernel: int = 3
+    window_dilations: tuple[int, ...] = (1, 2, 4, 8, 16)
+    window_pool: str = "mean"  # mean | attn
+    window_pool_heads: int = 4
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"retrieval arch {self.arch!r}: choose one of {', '.join(ARCHS)}")
+        self.window_dilations = tuple(int(d) for d in self.window_dilations)
+        if self.arch == "window":
+            self.window_config()  # validates
+
+    def window_config(self) -> WindowEncoderConfig:
+        return WindowEncoderConfig(
+            feature_dim=self.feature_dim, d_model=self.d_model, hidden=self.window_hidden or 2 * self.d_model,
+            stride=self.window_stride, kernel=self.window_kernel, dilations=self.window_dilations,
+            pool=self.window_pool, pool_heads=self.window_pool_heads, embed_dim=self.embed_dim,
+            dropout=self.dropout)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define this architecture: a transformer's leaves out `arch` and the window_*
+        fields, so it equals the config of checkpoints written before they existed (same fingerprints)."""
+        d = dataclasses.asdict(self)
+        if self.arch == "transformer":
+            d = {k: v for k, v in d.items() if k != "arch" and not k.startswith("window_")}
+        else:
+            d["window_dilations"] = list(self.window_dilations)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RetrievalConfig:
@@ -168,7 +208,8 @@ class RetrievalModel(nn.Module):
     def __init__(self, config: RetrievalConfig | None = None, text_encoder: TextEncoder | None = None):
         super().__init__()
         self.config = config or RetrievalConfig()
-        self.motion = MotionEncoder(self.config)
+        self.motion: nn.Module = (WindowEncoder(self.config.window_config()) if self.config.arch == "window"
+                                  else MotionEncoder(self.config))
         self.text = TextProjection(self.config)
         self.register_buffer("feature_mean", torch.zeros(self.config.feature_dim))
         self.register_buffer("feature_std", torch.ones(self.config.feature_dim))
@@ -194,7 +235,8 @@ class RetrievalModel(nn.Module):
         self.feature_std.copy_(torch.as_tensor(std, dtype=torch.float32))
 
     def checkpoint(self) -> dict[str, Any]:
-        return {"format": CHECKPOINT_FORMAT, "kind": "retrieval", "config": dataclasses.asdict(self.config),
+        config = {**self.config.identity(), "arch": self.config.arch}  # the architecture is always recorded
+        return {"format": CHECKPOINT_FORMAT, "kind": "retrieval", "config": config,
                 "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
 
     def save(self, path: str | os.PathLike) -> None:
@@ -221,7 +263,7 @@ class RetrievalModel(nn.Module):
 
     def fingerprint(self) -> str:
         """sha256 of the config and every weight: equal fingerprints give equal embeddings."""
-        h = hashlib.sha256(json.dumps(dataclasses.asdict(self.config), sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps(self.config.identity(), sort_keys=True).encode())
         for k, v in sorted(self.state_dict().items()):
             h.update(k.encode())
             h.update(v.detach().cpu().float().contiguous().numpy().tobytes())
@@ -241,11 +283,22 @@ class RetrievalModel(nn.Module):
         return self._text_encoder
 
     # ------------------------------------------------------------------ tensors in, tensors out
-    def motion_forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Raw (un-normalised) features (B, T, 263) and mask (B, T) -> (B, E) unit vectors."""
+    def motion_forward(self, x: torch.Tensor, valid: torch.Tensor, pool: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw (un-normalised) features (B, T, 263) and mask (B, T) -> (B, E) unit vectors.
+        `pool` (B, T) (window arch only): the frames whose features are pooled, the rest being context
+        (see indexer/window_encoder.py); default every valid frame."""
         x = (x - self.feature_mean) / self.feature_std
         x = x * valid[..., None]  # padded frames are zero
+        if self.config.arch == "window":
+            return self.motion(x, valid, pool)
+        if pool is not None and not torch.equal(pool, valid):
+            raise ValueError("the transformer encoder has no context frames: pool must equal valid")
         return self.motion(x, valid)
+
+    @property
+    def context_frames(self) -> int:
+        """Frames each side of a window that its embedding depends on (0 for the transformer)."""
+        return self.config.window_config().context_frames if self.config.arch == "window" else 0
 
     def text_forward(self, sentence_emb: torch.Tensor) -> torch.Tensor:
         """Frozen sentence embeddings (B, text_dim) -> (B, E) unit vectors."""
@@ -289,6 +342,110 @@ class RetrievalModel(nn.Module):
                 z = self.motion_forward(x, valid)
             out[idx] = z.float().cpu().numpy()
         return out
+
+    def encode_windows(self, features: np.ndarray, windows: np.ndarray | list[tuple[int, int]],
+                       fps: float | None = None, dtype: str = "fp32", batch_size: int = 64,
+                       piece_snippets: int = 8192) -> np.ndarray:
+        """Embeddings (W, embed_dim) of windows [a, b) (rows of `features`, one whole motion at `fps`,
+        default the model's) of one motion.
+
+        Window arch: the motion is encoded once (in pieces of `piece_snippets` snippets with their
+        context, which is exact) and every window is pooled from prefix sums, O(1) per window; the
+        embedding is the whole-motion definition of indexer/window_encoder.py. Transformer: each window
+        is resampled and encoded on its own (`encode_motion`)."""
+        fps = float(fps or self.config.fps)
+        win = np.asarray(windows, np.int64).reshape(-1, 2)
+        n = len(features)
+        if len(win) and (win[:, 0].min() < 0 or win[:, 1].max() > n or (win[:, 1] <= win[:, 0]).any()):
+            raise ValueError(f"windows must satisfy 0 <= a < b <= {n} (frames of the motion)")
+        if features.ndim != 2 or features.shape[1] != self.config.feature_dim:
+            raise ValueError(f"motion of shape {features.shape}; expected (T, {self.config.feature_dim})")
+        if self.config.arch != "window":
+            return self.encode_motion([resample_window(np.asarray(features[a:b], np.float32), fps, self.config.fps)
+                                       for a, b in win], batch_size=batch_size, dtype=dtype)
+        if dtype not in ("fp32", "bf16"):
+            raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
+        if not len(win):
+            return np.zeros((0, self.config.embed_dim), np.float32)
+        feats, win = _to_model_rate(np.asarray(features, np.float32), win, fps, self.config.fps)
+        c = self.config.window_config()
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            h, scores = self._motion_snippets(feats, c, piece_snippets)
+            z = self.motion.pool_windows(h, scores, len(feats), win)
+        return z.float().cpu().numpy()
+
+    def _motion_snippets(self, feats: np.ndarray, c: WindowEncoderConfig,
+                         piece_snippets: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Snippet features (N, D) (+ scores (N, H)) of one whole motion at the model's rate."""
+        x_all = torch.tensor(feats, dtype=torch.float32, device=self.device)  # a copy: feats may be read-only
+        x_all = (x_all - self.feature_mean) / self.feature_std  # (T, F)
+        n_snip = -(-len(feats) // c.stride)
+        hs, ss = [], []
+        for k0 in range(0, n_snip, max(1, piece_snippets)):
+            k1 = min(n_snip, k0 + piece_snippets)
+            a, b = k0 * c.stride, min(len(feats), k1 * c.stride)
+            s, e = context_segment(len(feats), a, b, c.stride, c.context_snippets)
+            x = x_all[s:e][None]  # (1, L, F)
+            h, sc = self.motion.snippet_features(x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
+            lo = (a - s) // c.stride
+            hs.append(h[0, lo:lo + k1 - k0])
+            if sc is not None:
+                ss.append(sc[0, lo:lo + k1 - k0])
+        return torch.cat(hs), (torch.cat(ss) if ss else None)
+
+    def window_batch(self, items: list[tuple[np.ndarray, int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Direct-encoding inputs of windows: (whole motion at the model's rate, a, b) each -> padded
+        segments (B, L, F), validity (B, L) and pool masks (B, L). The segment is the window with its
+        context (`context_segment`; just the window for the transformer), so `motion_forward(x, valid,
+        pool)` gives the same vectors as `encode_windows`."""
+        segs, spans = [], []
+        for feats, a, b in items:
+            if self.config.arch == "window":
+                c = self.config.window_config()
+                s, e = context_segment(len(feats), a, b, c.stride, c.context_snippets)
+            else:
+                s, e = a, b
+            segs.append(np.asarray(feats[s:e], np.float32))
+            spans.append((a - s, b - s))
+        x, valid = pad_windows(segs)
+        pool = np.zeros_like(valid)
+        for i, (a, b) in enumerate(spans):
+            pool[i, a:b] = True
+        return x, valid, pool
+
+    def encode_windows_direct(self, features: np.ndarray, windows: np.ndarray | list[tuple[int, int]],
+                              fps: float | None = None, batch_size: int = 64) -> np.ndarray:
+        """The slow path of `encode_windows`: every window encoded on its own segment with its context
+        (`window_batch`). The oracle of the fast path, and what training computes."""
+        fps = float(fps or self.config.fps)
+        win = np.asarray(windows, np.int64).reshape(-1, 2)
+        if self.config.arch != "window":
+            return self.encode_windows(features, win, fps, batch_size=batch_size)
+        feats, win = _to_model_rate(np.asarray(features, np.float32), win, fps, self.config.fps)
+        out = np.zeros((len(win), self.config.embed_dim), np.float32)
+        for i in range(0, len(win), batch_size):
+            x, valid, pool = self.window_batch([(feats, int(a), int(b)) for a, b in win[i:i + batch_size]])
+            with torch.inference_mode():
+                z = self.motion_forward(*(torch.from_numpy(v).to(self.device) for v in (x, valid, pool)))
+            out[i:i + batch_size] = z.float().cpu().numpy()
+        return out
+
+
+def _to_model_rate(features: np.ndarray, windows: np.ndarray, fps: float, model_fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """A whole motion resampled to the model's rate (nearest frame) and its windows mapped to model frames."""
+    if abs(fps - model_fps) < 1e-6:
+        return features, windows
+    feats = resample_window(features, fps, model_fps)
+    return feats, model_rate_windows(windows, len(feats), fps, model_fps)
+
+
+def model_rate_windows(windows: np.ndarray, n_model_frames: int, fps: float, model_fps: float) -> np.ndarray:
+    """Windows (W, 2) of rows at `fps` -> rows of the motion resampled to `model_fps` (non-empty)."""
+    if abs(fps - model_fps) < 1e-6:
+        return np.asarray(windows, np.int64)
+    a = np.clip(np.round(windows[:, 0] * model_fps / fps).astype(np.int64), 0, n_model_frames - 1)
+    b = np.clip(np.round(windows[:, 1] * model_fps / fps).astype(np.int64), a + 1, n_model_frames)
+    return np.stack([a, b], axis=1)
 
 
 def pad_windows(windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -40,6 +40,7 @@ from indexer.model import (
     RetrievalModel,
     TextEncoder,
     drop_triple_loss,
+    model_rate_windows,
     pad_windows,
     resolve_device,
 )
@@ -181,10 +182,16 @@ def crop_span(start_s: float, end_s: float, duration_s: float, min_s: float, max
     return s, e
 
 
+def crop_rows(n_rows: int, fps: float, start_s: float, end_s: float) -> tuple[int, int]:
+    """The feature rows [a, b) of [start_s, end_s) at the motion's fps; at least one row."""
+    a = int(np.clip(np.floor(start_s * fps + 1e-6), 0, max(n_rows - 1, 0)))
+    b = int(np.clip(np.ceil(end_s * fps - 1e-6), a + 1, n_rows))
+    return a, b
+
+
 def crop_features(features: np.ndarray, fps: float, start_s: float, end_s: float, model_fps: float) -> np.ndarray:
     """Feature rows of [start_s, end_s) at the motion's fps, resampled to the model's fps; >= 1 row."""
-    a = int(np.clip(np.floor(start_s * fps + 1e-6), 0, max(len(features) - 1, 0)))
-    b = int(np.clip(np.ceil(end_s * fps - 1e-6), a + 1, len(features)))
+    a, b = crop_rows(len(features), fps, start_s, end_s)
     return resample_window(np.asarray(features[a:b], np.float32), fps, model_fps)
 
 
@@ -201,12 +208,32 @@ class _MotionCache:
             self.fps[mid] = float(m.fps)
             self.duration_s[mid] = float(m.meta.get("_duration_s", 0.0))
             self.features[mid] = store.features(mid)
+        self._model_rate: dict[int, np.ndarray] = {}
 
     def window(self, pair: Pair, cfg: TrainConfig, model_fps: float, rng: np.random.Generator | None) -> np.ndarray:
+        """The crop's feature rows at the model's rate (transformer: the crop is all the encoder sees)."""
+        f = self.features[pair.motion_id]
+        s, e = self._crop_s(pair, cfg, rng)
+        return crop_features(f, self.fps[pair.motion_id], s, e, model_fps)
+
+    def span(self, pair: Pair, cfg: TrainConfig, model_fps: float,
+             rng: np.random.Generator | None) -> tuple[np.ndarray, int, int]:
+        """(whole motion at the model's rate, a, b): the same crop as `window` (the same draws from
+        `rng`), as frames of the whole motion, for encoders that see the crop's context."""
+        mid = pair.motion_id
+        f = self.features[mid]
+        s, e = self._crop_s(pair, cfg, rng)
+        a, b = crop_rows(len(f), self.fps[mid], s, e)
+        if mid not in self._model_rate:
+            self._model_rate[mid] = resample_window(np.asarray(f, np.float32), self.fps[mid], model_fps)
+        feats = self._model_rate[mid]
+        win = model_rate_windows(np.array([[a, b]]), len(feats), self.fps[mid], model_fps)
+        return feats, int(win[0, 0]), int(win[0, 1])
+
+    def _crop_s(self, pair: Pair, cfg: TrainConfig, rng: np.random.Generator | None) -> tuple[float, float]:
         f = self.features[pair.motion_id]
         dur = self.duration_s[pair.motion_id] or (len(f) + 1) / self.fps[pair.motion_id]
-        s, e = crop_span(pair.start_s, pair.end_s, dur, cfg.min_crop_s, cfg.max_crop_s, rng)
-        return crop_features(f, self.fps[pair.motion_id], s, e, model_fps)
+        return crop_span(pair.start_s, pair.end_s, dur, cfg.min_crop_s, cfg.max_crop_s, rng)
 
 
 def feature_stats(store, motion_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -248,8 +275,17 @@ def evaluate_retrieval(model: RetrievalModel, store, split: str = "test", block:
     was_training = model.training
     model.eval()
     try:
-        windows = [cache.window(p, cfg, model.config.fps, None) for p in pairs]
-        motion = model.encode_motion(windows)
+        if model.config.arch == "window":  # each crop pooled from its whole motion (with its context)
+            motion = np.zeros((len(pairs), model.config.embed_dim), np.float32)
+            by_motion: dict[int, list[int]] = {}
+            for i, p in enumerate(pairs):
+                by_motion.setdefault(p.motion_id, []).append(i)
+            for idx in by_motion.values():
+                spans = [cache.span(pairs[i], cfg, model.config.fps, None) for i in idx]
+                motion[idx] = model.encode_windows(spans[0][0], [(a, b) for _, a, b in spans])
+        else:
+            windows = [cache.window(p, cfg, model.config.fps, None) for p in pairs]
+            motion = model.encode_motion(windows)
         texts = [p.text for p in pairs]
         uniq, group = np.unique(np.array([t.lower() for t in texts], dtype=object), return_inverse=True)
         text_u = model.encode_text([str(u) for u in uniq])
@@ -300,7 +336,7 @@ def train_retrieval(store, run_dir: str | os.PathLike, config: TrainConfig | Non
     run.mkdir(parents=True, exist_ok=True)
     cfg_path = run / "config.json"
     if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
+        old = TrainConfig.from_dict(json.loads(cfg_path.read_text())).to_dict()  # fields added since: defaults
         new = config.to_dict()
         diff = sorted(k for k in set(old) | set(new) if k != "epochs" and old.get(k) != new.get(k))
         if diff:
@@ -355,11 +391,16 @@ def train_retrieval(store, run_dir: str | os.PathLike, config: TrainConfig | Non
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             if len(idx) < 2:
                 continue
-            x, valid = pad_windows([cache.window(pairs[i], config, mcfg.fps, rng) for i in idx])
+            if mcfg.arch == "window":  # crops with their context, pooled over the crop
+                x, valid, pool = model.window_batch([cache.span(pairs[i], config, mcfg.fps, rng) for i in idx])
+                pool_t = torch.from_numpy(pool).to(dev)
+            else:
+                x, valid = pad_windows([cache.window(pairs[i], config, mcfg.fps, rng) for i in idx])
+                pool_t = None
             x_t = torch.from_numpy(x).to(dev)
             v_t = torch.from_numpy(valid).to(dev)
             s_t = sent[torch.as_tensor(text_ids[idx], device=dev)]  # (B, 384)
-            m = model.motion_forward(x_t, v_t)  # (B, E)
+            m = model.motion_forward(x_t, v_t, pool_t)  # (B, E)
             t = model.text_forward(s_t)  # (B, E)
             sim = m @ t.T  # (B, B) motion x text
             with torch.no_grad():
