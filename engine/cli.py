@@ -960,7 +960,7 @@ def search_cmd(
                                       "own motion (never the example span itself)."),
 ) -> None:
     """Find the moments that match a sentence: ranked (motion, start-end s) with scores."""
-    from engine.corpus.types import EngineError, RequestError
+    from engine.corpus.types import RequestError
     from engine.request import SearchRequest
 
     if like is not None:
@@ -991,17 +991,7 @@ def search_cmd(
         from engine.corpus.io import check_output_target
 
         check_output_target(run_out, force, flag="--run-out")
-    if index is not None and not index.exists():
-        fail(f"{index}: no such index; build one with `engine index build --corpus CORPUS_DIR --out {index} "
-             "--model RUN_DIR`")
-    from engine.search import load_searcher
-
-    try:
-        with _progress() as prog:
-            searcher = load_searcher(index, localizer=localizer, device=device, progress=_bar_fn(prog),
-                                     notify=lambda m: typer.echo(m, err=True))
-    except EngineError as e:
-        fail(str(e))
+    searcher = _open_searcher(index, localizer, device)
     results = [(qid, searcher.search(req)) for qid, req in requests]
     if run_out is not None:
         from engine.evaluate import run_meta_for
@@ -1030,6 +1020,22 @@ def search_cmd(
         console.print(t)
 
 
+def _open_searcher(index: Path | None, localizer: Path | None, device: str):
+    """The Searcher of `engine search` (the built-in index, prepared with progress, when `index` is None);
+    a missing index or a bad --localizer / --device is one error line."""
+    from engine.search import load_searcher
+
+    if index is not None and not index.exists():
+        fail(f"{index}: no such index; build one with `engine index build --corpus CORPUS_DIR --out {index} "
+             "--model RUN_DIR`")
+    try:
+        with _progress() as prog:
+            return load_searcher(index, localizer=localizer, device=device, progress=_bar_fn(prog),
+                                 notify=lambda m: typer.echo(m, err=True))
+    except EngineError as e:
+        fail(str(e))
+
+
 def _parse_like(spec: str) -> tuple[str, float, float]:
     """MOTION:START-END -> (motion, start_s, end_s); a bad spec is a one-line error naming --like."""
     motion, sep, span = spec.rpartition(":")
@@ -1050,16 +1056,10 @@ def _search_like(spec: str, include_self: bool, k: int, limit: int, per_motion: 
     from engine.export import MotionNotFoundError, resolve_motion_id
     from engine.like import search_like
     from engine.request import LikeRequest
-    from engine.search import load_searcher
 
     motion, start_s, end_s = _parse_like(spec)
-    if index is not None and not index.exists():
-        fail(f"{index}: no such index; build one with `engine index build --corpus CORPUS_DIR --out {index} "
-             "--model RUN_DIR`")
+    searcher = _open_searcher(index, localizer, device)
     try:
-        with _progress() as prog:
-            searcher = load_searcher(index, localizer=localizer, device=device, progress=_bar_fn(prog),
-                                     notify=lambda m: typer.echo(m, err=True))
         mid = resolve_motion_id(searcher.store, motion)
         res = search_like(searcher, LikeRequest(mid, start_s, end_s, k=k, limit=limit, per_motion=per_motion,
                                                 include_self=include_self))

@@ -196,16 +196,6 @@ class SearchResult:
                 "timings_s": {kk: round(v, 6) for kk, v in self.timings_s.items()}}
 
 
-def one_line(e: BaseException) -> str:
-    """An exception as one short line for a user: torch's weights-only refusal (several paragraphs that suggest
-    unpickling untrusted code) becomes what it means."""
-    text = str(e)
-    if "Weights only load failed" in text or "WeightsUnpickler" in text:
-        head = text.split(":", 1)[0] if text.split(":", 1)[0].endswith(".pt") else ""
-        return (f"{head}: " if head else "") + "not a checkpoint of weights (anything else is refused, never unpickled)"
-    return " ".join(text.split())[:500]
-
-
 class Searcher:
     """Loads an index (verified), its retrieval model, the localizer and the corpus once; answers requests.
 
@@ -246,7 +236,7 @@ class Searcher:
         try:
             self.localizer = Localizer.load(loc_path, device=device, bf16=bf16)
         except (ValueError, OSError, RuntimeError, KeyError) as e:  # not "cannot load the index": name the run
-            raise ModelError(str(loc_path), f"cannot load the localizer (--localizer): {one_line(e)}") from e
+            raise ModelError(str(loc_path), f"cannot load the localizer (--localizer): {e}") from e
         self.localizer_fingerprint = self.localizer.fingerprint()
         # The index caches the localizer's query-independent motion encoding when built with the same
         # checkpoint (its tag is the checkpoint's sha256); otherwise motions are encoded on first use.

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.corpus.device import resolve_device
-from engine.corpus.io import atomic_writer
+from engine.corpus.io import atomic_writer, load_weights
 from engine.corpus.skeleton import FEATURE_DIM
 from indexer.chunks import resample_window
 from indexer.window_encoder import WindowEncoder, WindowEncoderConfig, context_segment
@@ -250,7 +250,7 @@ class RetrievalModel(nn.Module):
         """Load a checkpoint written by `save` (weights only: no code is unpickled)."""
         path = Path(path)
         try:
-            ck = torch.load(path, map_location="cpu", weights_only=True)
+            ck = load_weights(path)
         except Exception as e:  # noqa: BLE001 - any unreadable file is reported against its path
             raise ValueError(f"{path}: unreadable retrieval checkpoint: {e}") from e
         if not isinstance(ck, dict) or ck.get("kind") != "retrieval" or "state_dict" not in ck:
@@ -469,7 +469,7 @@ def load_retrieval(run_dir: str | os.PathLike, device: str | None = None,
     for name in ("best.pt", "model.pt", "last.pt"):
         if (p / name).is_file():
             if name == "last.pt":
-                ck = torch.load(p / name, map_location="cpu", weights_only=True)
+                ck = load_weights(p / name)
                 model = RetrievalModel(RetrievalConfig.from_dict(ck["model"]["config"]), text_encoder=text_encoder)
                 model.load_state_dict(ck["model"]["state_dict"])
                 return model.to(resolve_device(device)).eval()

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from engine.corpus.device import resolve_device as resolve_device_name
-from engine.corpus.io import atomic_write_text, atomic_writer
+from engine.corpus.io import atomic_write_text, atomic_writer, load_weights
 from localizer.config import LocalizerConfig, make_config
 from localizer.data import LocalizerData, PairSet, TextCache, collate, input_statistics, load_data
 from localizer.decode import MaxSpan, decode_best, fit_max_span, index_to_seconds, temporal_iou
@@ -265,7 +265,7 @@ def load_localizer(path: str | Path, device: str | torch.device | None = "cpu") 
     """(model in eval mode, config) from a run directory (best.pt, else last.pt) or a checkpoint file."""
     ckpt_path = resolve_checkpoint(path)
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        ckpt = load_weights(ckpt_path)
         config = LocalizerConfig.from_dict(ckpt["config"])
         model = MLPLocalizer(config.model)
         model.load_state_dict(ckpt["model"])
@@ -319,7 +319,7 @@ def train_localizer(
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     ckpt = None
     if resume and last_path.exists():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
+        ckpt = load_weights(last_path)
         saved = LocalizerConfig.from_dict(ckpt["config"])
         # text_dim follows the text encoder (set when the run started), so it is not compared
         if config is not None and replace(config.model, text_dim=saved.model.text_dim) != saved.model:

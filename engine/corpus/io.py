@@ -118,3 +118,22 @@ def sha256_file(path: str | os.PathLike, keep_data: bool = False, block: int = 1
             if keep_data:
                 parts.append(chunk)
     return FileDigest(h.hexdigest(), n, b"".join(parts) if keep_data else None)
+
+
+def load_weights(path: str | os.PathLike):
+    """`torch.load(path, weights_only=True)` on the CPU: the one way checkpoints are read, so a file that holds
+    anything but tensors and plain values is refused (never unpickled) with a one-line `ModelError` naming it
+    (torch's own refusal is several paragraphs that suggest loading untrusted code)."""
+    import pickle
+
+    import torch
+
+    from engine.corpus.types import ModelError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        text = str(e)
+        if "Weights only load failed" in text or "WeightsUnpickler" in text or isinstance(e, pickle.UnpicklingError):
+            raise ModelError(str(path), "not a checkpoint of weights (anything else is refused, never unpickled)") from e
+        raise ModelError(str(path), f"unreadable checkpoint: {' '.join(text.split())[:300]}") from e
