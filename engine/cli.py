@@ -662,7 +662,7 @@ def eval_cmr_cmd(
     """Corpus moment retrieval: Recall@n,IoU@mu, DCG/NDCG and label-match P@10/nDCG@10/mAP@100 over a
     (k, lambda) grid, with baselines and paired-bootstrap intervals."""
     from engine.evaluate import cmr_eval
-    from engine.search import R_MODES
+    from engine.request import R_MODES
     from eval.report import cmr_table
 
     if backend not in ("local", "ray"):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.corpus.types import IndexFileError, ModelError, Moment, MotionInfo, RequestError
-from engine.request import MAX_QUERY_CHARS, R_MODES, SearchRequest, validate_query  # noqa: F401 (re-exported)
+from engine.request import SearchRequest
 
 if TYPE_CHECKING:
     from indexer.index import ChunkIndex

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from engine.search import SpanHit, rank_moments, validate_query
+from engine.request import validate_query
+from engine.search import SpanHit, rank_moments
 
 
 def _setup(seed: int, k: int = 200, top_m: int = 3):

@@ -202,11 +202,6 @@ def _safe_filename(name: str) -> str:
     return name[:150]
 
 
-def _finite(name: str, value: float | None) -> None:
-    if value is not None and not math.isfinite(value):
-        raise HTTPException(422, f"{name}: must be a finite number (got {value})")
-
-
 # ---------------------------------------------------------------------------------------------- app
 def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
                index_dir: str | Path | None = None, localizer: str | Path | None = None,
