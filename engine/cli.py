@@ -407,6 +407,40 @@ def data_compose(
     _store_import(out, it, False, as_json, "compose bandai", total=n, extra_bad=errors, url=db_url)
 
 
+@data_app.command("augment")
+def data_augment(
+    corpus: Path = typer.Option(..., "--corpus", help="Corpus whose training motions are augmented."),
+    out: Path = typer.Option(..., "--out", help="Corpus directory to create or append to (copies only)."),
+    mirror: bool = typer.Option(False, "--mirror", help="Also mirrored copies (left/right swapped in the text)."),
+    speeds: str = typer.Option("1", "--speeds", help="Comma-separated speed factors, e.g. 0.8,1.2."),
+    proportions: float = typer.Option(0.0, "--proportions",
+                                      help="Scale each limb group's bones by 1 ± this (e.g. 0.1); 0: as recorded."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N training motions."),
+    as_json: bool = typer.Option(False, "--json"),
+    db_url: str | None = DB_URL_OPTION,
+) -> None:
+    """Augmented copies of a corpus's training motions, for training (see engine/corpus/augment.py)."""
+    from engine.corpus import augment
+
+    try:
+        speed_list = [float(x) for x in speeds.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--speeds {speeds!r}: expected comma-separated numbers")
+    if corpus.resolve() == out.resolve():
+        fail(f"--out {out}: must differ from --corpus (the copies go into a corpus of their own)")
+    kinds = augment.specs(mirror, speed_list, proportions)
+    if not kinds:
+        fail("nothing to do: give --mirror, --speeds other than 1, or --proportions")
+    src = _open_store(corpus)
+    try:
+        n = len(src.motion_ids(split="train"))
+        n = min(n, limit) if limit is not None else n
+        _store_import(out, augment.augmented_motions(src, kinds, limit=limit), False, as_json,
+                      f"augment ({', '.join(k.tag for k in kinds)})", total=n * len(kinds), url=db_url)
+    finally:
+        src.close()
+
+
 @data_app.command("stats")
 def data_stats(
     corpus: Path = typer.Argument(..., help="Corpus directory."),
@@ -509,7 +543,8 @@ def data_verify(
 # ---------------------------------------------------------------------------------------------- train / eval
 @train_app.command("localizer")
 def train_localizer_cmd(
-    corpus: Path = typer.Option(..., "--corpus", help="Corpus directory (train split; val for selection)."),
+    corpus: list[str] = typer.Option(..., "--corpus", help="Corpus directory (train split; val for selection); "
+                                                          "repeat to mix corpora, each as DIR or DIR:WEIGHT."),
     run: Path = typer.Option(..., "--run", help="Run directory, e.g. runs/mlp (re-run to resume)."),
     preset: str = typer.Option("cpu-small", help="paper | cpu-base | cpu-small | tiny"),
     variant: str = typer.Option("mlp", help="mlp | mlp-s | mlpbase | ablations (see localizer/config.py)"),
@@ -522,11 +557,14 @@ def train_localizer_cmd(
     threads: int | None = typer.Option(None, "--threads", help="torch threads (1 is fastest on a busy 2-core box)."),
     text_encoder: str | None = typer.Option(None, "--text-encoder", help="minilm | glove | mpnet | a local HF dir"),
     recipe: str = typer.Option("today", "--recipe", help="today | official | fixed (localizer/config.py RECIPES)"),
+    text_variants: bool = typer.Option(False, "--text-variants",
+                                       help="Each step draws one of the moment's wordings (labelled corpora)."),
     settings: list[str] = typer.Option([], "--set", help="KEY=VALUE config override, e.g. model.flip_rate=0.2 "
                                                           "(repeatable)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Train the MLP localizer (Motion Label Prior); model selection on the val split, never test."""
+    """Train the MLP localizer (Motion Label Prior); model selection on the val split (the union of the
+    corpora's), never test."""
     from localizer.config import make_config
     from localizer.train import train_localizer
 
@@ -539,6 +577,8 @@ def train_localizer_cmd(
         over["train.bf16"] = True
     if text_encoder is not None:
         over["train.text_encoder"] = text_encoder
+    if text_variants:
+        over["train.text_variants"] = True
     for item in settings:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -548,7 +588,9 @@ def train_localizer_cmd(
         config = make_config(preset, variant, over, recipe=recipe)
     except (ValueError, TypeError) as e:
         fail(str(e))
-    store = _open_store(corpus)
+    from indexer.cli import open_training_corpora
+
+    store, _ = open_training_corpora(corpus)
     with _progress() as prog:
         task = prog.add_task("train localizer", total=None)
 
@@ -737,6 +779,11 @@ def eval_report_cmd(
 
 
 # ---------------------------------------------------------------------------------------------- serve
+MODELS_OPTION = typer.Option(None, "--models", help="Shipped model set of the built-in index: default (trained on "
+                             "procedural + Bandai Namco motion; non-commercial) | synthetic (procedural only). "
+                             "Default: $ENGINE_MODELS, else default.")
+
+
 @app.command("serve")
 def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default; no auth)."),
@@ -753,6 +800,7 @@ def serve_cmd(
     batch_window_ms: float = typer.Option(4.0, "--batch-window-ms", help="Searches arriving within this window "
                                           "share one localizer pass (0: no waiting)."),
     cache_size: int = typer.Option(256, "--cache-size", help="Recent results kept (0: no result cache)."),
+    models: str | None = MODELS_OPTION,
 ) -> None:
     """Serve the HTTP API (/search, /motions, /docs) and the web page with skeleton previews."""
     from engine.serve import is_loopback, load_searcher, run_server
@@ -769,8 +817,8 @@ def serve_cmd(
     if not 0 <= batch_window_ms <= 1000 or cache_size < 0:
         fail("--batch-window-ms must be in 0..1000 and --cache-size at least 0")
     try:
-        searcher = load_searcher(index, localizer=localizer, device=device, notify=lambda m: typer.echo(m, err=True),
-                                 warmup=True)
+        searcher = load_searcher(_index_for(index, models), localizer=localizer, device=device,
+                                 notify=lambda m: typer.echo(m, err=True), warmup=True, models=models)
     except EngineError as e:
         fail(str(e))
     if not is_loopback(host) and token is None:
@@ -958,6 +1006,7 @@ def search_cmd(
                                     "instead of a query; uses --k, --limit, --per-motion."),
     include_self: bool = typer.Option(False, "--include-self", help="With --like: also moments of the example's "
                                       "own motion (never the example span itself)."),
+    models: str | None = MODELS_OPTION,
 ) -> None:
     """Find the moments that match a sentence: ranked (motion, start-end s) with scores."""
     from engine.corpus.types import RequestError
@@ -969,7 +1018,7 @@ def search_cmd(
         if source or any(x is not None for x in (min_motion_s, max_motion_s, min_moment_s, max_moment_s)):
             fail("--like does not take --source or the length filters")
         _search_like(like, include_self, k=k, limit=limit, per_motion=per_motion, index=index,
-                     localizer=localizer, device=device, as_json=as_json)
+                     localizer=localizer, device=device, as_json=as_json, models=models)
         return
     if include_self:
         fail("--include-self goes with --like")
@@ -991,7 +1040,7 @@ def search_cmd(
         from engine.corpus.io import check_output_target
 
         check_output_target(run_out, force, flag="--run-out")
-    searcher = _open_searcher(index, localizer, device)
+    searcher = _open_searcher(index, localizer, device, models)
     results = [(qid, searcher.search(req)) for qid, req in requests]
     if run_out is not None:
         from engine.evaluate import run_meta_for
@@ -1020,18 +1069,33 @@ def search_cmd(
         console.print(t)
 
 
-def _open_searcher(index: Path | None, localizer: Path | None, device: str):
-    """The Searcher of `engine search` (the built-in index, prepared with progress, when `index` is None);
-    a missing index or a bad --localizer / --device is one error line."""
+def _index_for(index: Path | None, models: str | None) -> Path | None:
+    """--index, or None for the built-in index of --models; both at once, or an unknown set: one error line."""
+    if models is not None:
+        if index is not None:
+            fail("--models picks the built-in index's models; an --index was built with its own (give one of the two)")
+        from engine.home import model_set
+
+        try:
+            model_set(models)
+        except EngineError as e:
+            fail(str(e))
+    return index
+
+
+def _open_searcher(index: Path | None, localizer: Path | None, device: str, models: str | None = None):
+    """The Searcher of `engine search` (the built-in index of the model set, prepared with progress, when
+    `index` is None); a missing index or a bad --localizer / --device / --models is one error line."""
     from engine.search import load_searcher
 
+    index = _index_for(index, models)
     if index is not None and not index.exists():
         fail(f"{index}: no such index; build one with `engine index build --corpus CORPUS_DIR --out {index} "
              "--model RUN_DIR`")
     try:
         with _progress() as prog:
             return load_searcher(index, localizer=localizer, device=device, progress=_bar_fn(prog),
-                                 notify=lambda m: typer.echo(m, err=True))
+                                 notify=lambda m: typer.echo(m, err=True), models=models)
     except EngineError as e:
         fail(str(e))
 
@@ -1050,7 +1114,7 @@ def _parse_like(spec: str) -> tuple[str, float, float]:
 
 
 def _search_like(spec: str, include_self: bool, k: int, limit: int, per_motion: int, index: Path | None,
-                 localizer: Path | None, device: str, as_json: bool) -> None:
+                 localizer: Path | None, device: str, as_json: bool, models: str | None = None) -> None:
     """`engine search --like MOTION:START-END`: "more like this" (engine/like.py), printed like a search."""
     from engine.corpus.types import EngineError, RequestError
     from engine.export import MotionNotFoundError, resolve_motion_id
@@ -1058,7 +1122,7 @@ def _search_like(spec: str, include_self: bool, k: int, limit: int, per_motion: 
     from engine.request import LikeRequest
 
     motion, start_s, end_s = _parse_like(spec)
-    searcher = _open_searcher(index, localizer, device)
+    searcher = _open_searcher(index, localizer, device, models)
     try:
         mid = resolve_motion_id(searcher.store, motion)
         res = search_like(searcher, LikeRequest(mid, start_s, end_s, k=k, limit=limit, per_motion=per_motion,

@@ -1,11 +1,13 @@
-"""Where the built-in corpus and its index live, and how they are prepared on first use.
+"""Where the built-in corpus and its index live, which shipped models they use, and how they are prepared
+on first use.
 
-`ENGINE_HOME` (default `~/.cache/motion-engine`) holds `demo-corpus/` and `demo-index/`. The models are
-shipped in the package (`engine/models/`), trained by the project's own commands:
+`ENGINE_HOME` (default `~/.cache/motion-engine`) holds `demo-corpus/` and one index per model set
+(`demo-index/` for the default set, `demo-index-NAME/` for another). The models are shipped in the package
+(`engine/models/`, each with its MODEL_CARD.md), in two sets (`--models NAME`, or `ENGINE_MODELS`):
 
-    engine data synth --preset demo --out corpora/demo
-    engine train retrieval --corpus corpora/demo --run engine/models/retrieval-demo ...
-    engine train localizer --corpus corpora/demo --run engine/models/localizer-demo ...
+- `default`: trained on the procedural corpus and on real Bandai Namco motion capture (CC BY-NC 4.0:
+  non-commercial use only, attribution to Bandai Namco Research);
+- `synthetic`: trained on the procedural corpus only, for users who need models free of non-commercial data.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,20 +29,49 @@ log = logging.getLogger(__name__)
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 
+@dataclass(frozen=True)
+class ModelSet:
+    """A shipped retrieval model and localizer that go together, and the terms they may be used under."""
+
+    name: str
+    retrieval: Path
+    localizer: Path
+    licence: str
+
+
+MODEL_SETS: dict[str, ModelSet] = {
+    "default": ModelSet("default", MODELS_DIR / "retrieval-demo", MODELS_DIR / "localizer-demo",
+                        "trained on procedural motion only"),
+    "synthetic": ModelSet("synthetic", MODELS_DIR / "retrieval-demo", MODELS_DIR / "localizer-demo",
+                          "trained on procedural motion only"),
+}
+
+
+def model_set(name: str | None = None) -> ModelSet:
+    """The model set `name` (None: `ENGINE_MODELS`, else "default"); an unknown name is a RequestError."""
+    from engine.corpus.types import RequestError
+
+    key = name or os.environ.get("ENGINE_MODELS") or "default"
+    if key not in MODEL_SETS:
+        raise RequestError("models", f"unknown model set {key!r}; choose one of {', '.join(MODEL_SETS)}")
+    return MODEL_SETS[key]
+
+
 def engine_home() -> Path:
     return Path(os.environ.get("ENGINE_HOME", "~/.cache/motion-engine")).expanduser()
 
 
-def default_retrieval_path() -> Path:
-    return MODELS_DIR / "retrieval-demo"
+def default_retrieval_path(models: str | None = None) -> Path:
+    return model_set(models).retrieval
 
 
-def default_localizer_path() -> Path:
-    return MODELS_DIR / "localizer-demo"
+def default_localizer_path(models: str | None = None) -> Path:
+    return model_set(models).localizer
 
 
-def default_index_dir() -> Path:
-    return engine_home() / "demo-index"
+def default_index_dir(models: str | None = None) -> Path:
+    name = model_set(models).name
+    return engine_home() / ("demo-index" if name == "default" else f"demo-index-{name}")
 
 
 def default_corpus_dir() -> Path:
@@ -80,9 +112,9 @@ def default_index_stale(manifest: Manifest, retrieval_fingerprint: str, localize
 
 
 def ensure_default_index(progress: Callable[[str, int, int], None] | None = None, device: str = "cpu",
-                         preset: str = "demo") -> ChunkIndex:
-    """The built-in index, opened (every file's checksum verified once): built, with the built-in corpus,
-    when absent, when it does not load, or when the shipped models changed since it was built."""
+                         preset: str = "demo", models: str | None = None) -> ChunkIndex:
+    """The built-in index of a model set, opened (every file's checksum verified once): built, with the
+    built-in corpus, when absent, when it does not load, or when the set's models changed since."""
     from indexer.build import build_index
     from indexer.config import IndexConfig
     from indexer.index import open_index
@@ -90,9 +122,10 @@ def ensure_default_index(progress: Callable[[str, int, int], None] | None = None
     from indexer.model import load_retrieval
     from localizer.fingerprint import localizer_fingerprint
 
-    index_dir = default_index_dir()
-    model = load_retrieval(default_retrieval_path(), device=device)
-    localizer = LocalizerRef(str(default_localizer_path()), localizer_fingerprint(default_localizer_path()))
+    ms = model_set(models)
+    index_dir = default_index_dir(ms.name)
+    model = load_retrieval(ms.retrieval, device=device)
+    localizer = LocalizerRef(str(ms.localizer), localizer_fingerprint(ms.localizer))
     reason = "none built yet"
     try:
         current = read_current(index_dir)
@@ -125,7 +158,7 @@ def ensure_default_index(progress: Callable[[str, int, int], None] | None = None
             store.add_motions(synth.generate(config, seed=0), progress=tick)
         (tmp / ".complete").write_text(preset)
         os.replace(tmp, corpus)
-    fn, tag = localizer_feature_fn(default_localizer_path(), device=device)
+    fn, tag = localizer_feature_fn(ms.localizer, device=device)
     build_index(corpus, index_dir, model, IndexConfig(), device=device, motion_feature_fn=fn,
                 motion_feature_tag=tag, localizer=localizer, progress=progress, force=True)
     return open_index(index_dir, device=device)

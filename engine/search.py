@@ -431,8 +431,10 @@ class Searcher:
 
 def load_searcher(index: str | Path | None = None, localizer: str | Path | None = None, device: str = "cpu",
                   notify: Callable[[str], None] | None = None,
-                  progress: Callable[[str, int, int], None] | None = None, warmup: bool = False) -> Searcher:
-    """Open a Searcher: on `index`, or on the built-in index (prepared on first use) when `index` is None.
+                  progress: Callable[[str, int, int], None] | None = None, warmup: bool = False,
+                  models: str | None = None) -> Searcher:
+    """Open a Searcher: on `index`, or on the built-in index of the model set `models` (engine.home:
+    prepared on first use) when `index` is None.
 
     The one loader of the CLI and the server. Errors are `IndexFileError`s that say how to fix them.
     `warmup` runs one small query so that the first real request does not pay for lazy initialisation.
@@ -444,9 +446,10 @@ def load_searcher(index: str | Path | None = None, localizer: str | Path | None 
     if index is None:
         from engine.home import default_index_dir, ensure_default_index
 
-        if not (default_index_dir() / "CURRENT").exists() and notify:
+        if not (default_index_dir(models) / "CURRENT").exists() and notify:
             notify("preparing the built-in corpus and its index (first run only, a few minutes) ...")
-        index = ensure_default_index(progress=progress, device=device)  # opened and verified: files hashed once
+        # opened and verified: files hashed once
+        index = ensure_default_index(progress=progress, device=device, models=models)
     else:
         index = Path(index)
         if not index.exists():

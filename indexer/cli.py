@@ -66,6 +66,22 @@ def _open_corpus(corpus: Path):
         _fail(str(e), 2)
 
 
+def open_training_corpora(corpora: list[str]):
+    """One corpus (a plain store), or several `DIR[:WEIGHT]` as a CorpusMix; a clear error otherwise."""
+    from engine.corpus.mix import CorpusSpec, open_mix
+    from engine.corpus.types import EngineError
+
+    if not corpora:
+        _fail("give at least one --corpus")
+    try:
+        specs = [CorpusSpec.parse(c) for c in corpora]
+        if len(specs) == 1 and specs[0].weight == 1.0:
+            return _open_corpus(specs[0].path), [specs[0].to_dict()]
+        return open_mix(specs), [sp.to_dict() for sp in specs]
+    except EngineError as e:
+        _fail(str(e), 2)
+
+
 def _load_model(model: Path | None, device: str | None):
     from indexer.model import RetrievalModel, load_retrieval
 
@@ -363,7 +379,9 @@ def make_index_app(motion_feature_factory: MotionFeatureFactory | None = None) -
 
 
 def train_retrieval_cmd(
-    corpus: Path = typer.Option(..., "--corpus", help="Corpus directory (train/val splits)."),
+    corpus: list[str] = typer.Option(..., "--corpus",
+                                     help="Corpus directory (train/val splits); repeat to mix corpora, each as "
+                                          "DIR or DIR:WEIGHT (its share of the training draws)."),
     run: Path = typer.Option(..., "--run", help="Run directory, e.g. runs/retrieval (re-run to resume)."),
     epochs: int = typer.Option(40, "--epochs"),
     batch_size: int = typer.Option(64, "--batch-size"),
@@ -376,10 +394,21 @@ def train_retrieval_cmd(
                                   "per motion, windows pooled from it; fast index builds)."),
     window_pool: str = typer.Option("mean", "--window-pool", help="Pooling of the window encoder: mean | attn."),
     seed: int = typer.Option(0, "--seed"),
+    text_variants: bool = typer.Option(False, "--text-variants",
+                                       help="Each step draws one of the moment's wordings (labelled corpora)."),
+    label_negatives: bool = typer.Option(False, "--label-negatives",
+                                         help="Moments with different known labels are never dropped as "
+                                              "false negatives (left vs right, one style vs another)."),
+    hard_negatives: float = typer.Option(0.0, "--hard-negatives", min=0.0, max=0.5,
+                                         help="Share of each batch filled with same-content, other-style/side "
+                                              "partners of its first items."),
+    feature_noise: float = typer.Option(0.0, "--feature-noise", min=0.0,
+                                        help="Gaussian input noise, in units of each feature's std."),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Train the text-motion retrieval model (DropTriple loss), selecting the checkpoint on 'val'."""
+    """Train the text-motion retrieval model (DropTriple loss), selecting the checkpoint on 'val' (the
+    union of the corpora's val splits)."""
     from engine.corpus.types import CorpusError
     from indexer.model import RetrievalConfig
     from indexer.train import TrainConfig, train_retrieval
@@ -388,9 +417,12 @@ def train_retrieval_cmd(
         mcfg = RetrievalConfig(d_model=d_model, n_layers=n_layers, arch=arch, window_pool=window_pool)
     except ValueError as e:
         _fail(str(e), code=2)
+    store, recorded = open_training_corpora(corpus)
     config = TrainConfig(model=mcfg, epochs=epochs,
-                         batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, seed=seed)
-    store = _open_corpus(corpus)
+                         batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, seed=seed,
+                         corpora=recorded if len(recorded) > 1 else None, text_variants=text_variants,
+                         label_negatives=label_negatives, hard_negative_frac=hard_negatives,
+                         feature_noise=feature_noise)
     try:
         with _Bars() as bars:
             rep = train_retrieval(store, run, config, progress=bars, device=device)

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ import numpy as np
 import torch
 
 from engine.corpus.io import atomic_write_text, atomic_writer
+from engine.corpus.mix import sampling_order
+from engine.corpus.sentences import label_key, training_texts
 from engine.corpus.skeleton import FEATURE_DIM
 from engine.corpus.types import CorpusError
 from indexer.chunks import resample_window
@@ -70,6 +73,14 @@ class TrainConfig:
     val_split: str = "val"
     max_items: int | None = None  # cap on training pairs (smoke runs)
     seed: int = 0
+    # Mixed corpora (recorded from the CLI's --corpus list; the weights are applied by the CorpusMix given).
+    corpora: list[dict] | None = None
+    text_variants: bool = False  # draw each step's sentence among the moment's wordings (engine.corpus.sentences)
+    # Labelled negatives: two moments with known, different labels are never dropped as false negatives
+    # (so "waves the left hand" vs "... right hand" stays a negative); same label: always dropped.
+    label_negatives: bool = False
+    hard_negative_frac: float = 0.0  # share of each batch filled with partners: same content, other style/side
+    feature_noise: float = 0.0  # Gaussian noise on the input features, in units of each channel's std
 
     def resolved_model(self) -> RetrievalConfig:
         return self.model or RetrievalConfig()
@@ -90,12 +101,22 @@ class TrainConfig:
 
 @dataclass
 class Pair:
-    """One annotated segment: its motion, its time span and its sentence."""
+    """One annotated segment: its motion, its time span and its sentence (with its other wordings and
+    its label key when known, for training)."""
 
     motion_id: int
     start_s: float
     end_s: float
     text: str
+    texts: tuple[str, ...] = ()
+    label: str | None = None
+
+    @property
+    def family(self) -> str | None:
+        """The label without style and side: moments of one family are hard negatives of each other."""
+        if self.label is None:
+            return None
+        return _SIDE.sub("", self.label.split("|")[0]).strip("-")
 
 
 @dataclass
@@ -147,14 +168,48 @@ class TrainReport:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def collect_pairs(store, split: str) -> list[Pair]:
-    """Every annotation of the split's motions, in (motion_id, start_s) order."""
+_SIDE = re.compile(r"-?(left|right|both)")
+
+
+def collect_pairs(store, split: str, variants: bool = False) -> list[Pair]:
+    """Every annotation of the split's motions, in (motion_id, start_s) order; `variants` also gives each
+    its other wordings (`training_texts`)."""
     pairs: list[Pair] = []
     for mid in store.motion_ids(split=split):
         for a in store.annotations(mid):
             if a.end_s > a.start_s and a.text.strip():
-                pairs.append(Pair(mid, float(a.start_s), float(a.end_s), a.text.strip()))
+                texts = tuple(training_texts(a)) if variants else (a.text.strip(),)
+                pairs.append(Pair(mid, float(a.start_s), float(a.end_s), a.text.strip(), texts, label_key(a)))
     return pairs
+
+
+def hard_partners(pairs: list[Pair], rows: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
+    """Up to `n` extra rows, one per anchor of `rows` (in order) that has a partner: a pair of the same
+    family (content without side) with another label (another style or side)."""
+    by_family: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        if p.family is not None:
+            by_family.setdefault(p.family, []).append(i)
+    out: list[int] = []
+    for r in rows:
+        if len(out) >= n:
+            break
+        p = pairs[int(r)]
+        if p.family is None:
+            continue
+        cands = [j for j in by_family[p.family] if pairs[j].label != p.label]
+        if cands:
+            out.append(int(cands[rng.integers(len(cands))]))
+    return out
+
+
+def label_masks(pairs: list[Pair], rows: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(known, same) (B, B) boolean masks: both moments labelled, and with the same label."""
+    labels = [pairs[i].label for i in rows]
+    ids = {lab: k for k, lab in enumerate(sorted({x for x in labels if x is not None}))}
+    lab = torch.tensor([ids[x] if x is not None else -1 for x in labels], device=device)
+    known = (lab[:, None] >= 0) & (lab[None, :] >= 0)
+    return known, known & (lab[:, None] == lab[None, :])
 
 
 def crop_span(start_s: float, end_s: float, duration_s: float, min_s: float, max_s: float,
@@ -346,7 +401,7 @@ def train_retrieval(store, run_dir: str | os.PathLike, config: TrainConfig | Non
 
     mcfg = config.resolved_model()
     dev = resolve_device(device)
-    pairs = collect_pairs(store, config.train_split)
+    pairs = collect_pairs(store, config.train_split, variants=config.text_variants)
     if config.max_items is not None:
         pairs = pairs[: config.max_items]
     if len(pairs) < 2:
@@ -370,11 +425,17 @@ def train_retrieval(store, run_dir: str | os.PathLike, config: TrainConfig | Non
         log.info("%s: resuming after epoch %d", run, start_epoch)
     resumed_from = start_epoch
 
-    # Frozen sentence embeddings, computed once per distinct sentence.
-    texts = sorted({p.text for p in pairs})
+    # Frozen sentence embeddings, computed once per distinct sentence (every wording of every pair).
+    texts = sorted({t for p in pairs for t in (p.texts or (p.text,))})
     tindex = {t: i for i, t in enumerate(texts)}
     sent = torch.as_tensor(model.text_encoder.encode(texts), dtype=torch.float32, device=dev)  # (U, 384)
     text_ids = np.array([tindex[p.text] for p in pairs])
+    variant_ids = [np.array([tindex[t] for t in (p.texts or (p.text,))]) for p in pairs]
+    # The mix's sampling weights (one corpus, or no CorpusMix: every pair once per epoch).
+    probs = None
+    if len(getattr(store, "stores", ())) > 1:
+        probs = store.pair_weights([p.motion_id for p in pairs])
+    std_t = model.feature_std.detach().clone() if config.feature_noise > 0 else None
 
     has_val = bool(collect_pairs(store, config.val_split))
     best_val: RetrievalEval | None = None
@@ -384,11 +445,15 @@ def train_retrieval(store, run_dir: str | os.PathLike, config: TrainConfig | Non
         torch.manual_seed(config.seed * 100_003 + epoch)
         hardest = epoch >= config.warmup_epochs
         model.train()
-        order = rng.permutation(len(pairs))
+        order = sampling_order(rng, len(pairs), probs)
         losses: list[float] = []
         dropped: list[float] = []  # fraction of negatives DropTriple dropped, per batch
         for b in range(n_batches):
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+            if config.hard_negative_frac > 0:  # the batch's tail: partners of its first anchors
+                n_hard = int(round(config.hard_negative_frac * len(idx)))
+                extra = hard_partners(pairs, idx, n_hard, rng)
+                idx = np.concatenate([idx[:len(idx) - len(extra)], np.array(extra, dtype=idx.dtype)])
             if len(idx) < 2:
                 continue
             if mcfg.arch == "window":  # crops with their context, pooled over the crop
@@ -398,14 +463,22 @@ def train_retrieval(store, run_dir: str | os.PathLike, config: TrainConfig | Non
                 x, valid = pad_windows([cache.window(pairs[i], config, mcfg.fps, rng) for i in idx])
                 pool_t = None
             x_t = torch.from_numpy(x).to(dev)
+            if std_t is not None:
+                x_t = x_t + config.feature_noise * std_t * torch.randn_like(x_t)
             v_t = torch.from_numpy(valid).to(dev)
-            s_t = sent[torch.as_tensor(text_ids[idx], device=dev)]  # (B, 384)
+            tids = np.array([v[rng.integers(len(v))] for v in (variant_ids[i] for i in idx)]) \
+                if config.text_variants else text_ids[idx]
+            s_t = sent[torch.as_tensor(tids, device=dev)]  # (B, 384)
             m = model.motion_forward(x_t, v_t, pool_t)  # (B, E)
             t = model.text_forward(s_t)  # (B, E)
             sim = m @ t.T  # (B, B) motion x text
             with torch.no_grad():
                 msim = m @ m.T if hardest else None
                 tsim = s_t @ s_t.T if hardest else None
+                if hardest and config.label_negatives:
+                    known, same = label_masks(pairs, [int(i) for i in idx], dev)
+                    msim = msim.masked_fill(known, -1.0)  # labelled pairs: the labels decide, not the motion
+                    tsim = torch.where(known, same.float() * 2.0, tsim)
                 if hardest:
                     off = ~torch.eye(len(idx), dtype=torch.bool, device=dev)
                     dropped.append(float(((msim > config.motion_threshold) | (tsim > config.text_threshold))[off]

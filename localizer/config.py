@@ -62,6 +62,7 @@ class TrainConfig:
     # In-batch negative motions per pair (0 = off): the span loss uses shared normalisation over the positive's
     # and the negatives' positions (CONQUER), so start / end logits become comparable across motions.
     negatives: int = 0
+    text_variants: bool = False  # each step draws the pair's sentence among its wordings (labelled corpora)
     weight_decay: float = 0.01  # not on biases, norms or adjacencies
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0

@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from engine.corpus.sentences import training_texts
 from engine.corpus.types import Annotation, CorpusError, Motion
 from localizer.decode import seconds_to_span
 from localizer.snippets import FEATURE_DIM, motion_snippets
@@ -51,18 +52,27 @@ class LocalizationPair:
     end_s: float
     start_idx: int
     end_idx: int
+    texts: tuple[str, ...] = ()  # other wordings of the moment (training_texts), `text` first
 
 
 @dataclass
 class PairSet:
     motions: list[SnippetMotion] = field(default_factory=list)
     pairs: list[LocalizationPair] = field(default_factory=list)
+    # Sampling probabilities of the pairs (a CorpusMix's weights); None: every pair once per epoch.
+    probs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def texts(self) -> list[str]:
-        return sorted({p.text for p in self.pairs})
+        return sorted({t for p in self.pairs for t in (p.texts or (p.text,))})
+
+    def with_texts(self, rows: Sequence[int], rng: np.random.Generator) -> tuple[PairSet, list[int]]:
+        """A view of `rows` in which each pair's sentence is drawn among its wordings (for one batch)."""
+        pairs = [self.pairs[i] for i in rows]
+        pairs = [replace(p, text=p.texts[rng.integers(len(p.texts))]) if len(p.texts) > 1 else p for p in pairs]
+        return PairSet(self.motions, pairs), list(range(len(pairs)))
 
 
 @dataclass
@@ -107,7 +117,8 @@ def snippet_motion(features: np.ndarray, fps: float, n_snippets: int, name: str 
                          duration_s=(feats.shape[0] + 1) / float(fps), motion_id=motion_id)
 
 
-def make_pair(motion_index: int, sm: SnippetMotion, ann: Annotation) -> LocalizationPair | None:
+def make_pair(motion_index: int, sm: SnippetMotion, ann: Annotation,
+              variants: bool = False) -> LocalizationPair | None:
     """Pair with its ground-truth snippet span; None (with a warning) when the span is empty inside the motion."""
     s, e = max(0.0, ann.start_s), min(ann.end_s, sm.duration_s)
     if not ann.text.strip() or e <= s:
@@ -116,11 +127,13 @@ def make_pair(motion_index: int, sm: SnippetMotion, ann: Annotation) -> Localiza
         return None
     i_s, i_e = seconds_to_span(s, e, sm.n_snippets, sm.duration_s)
     return LocalizationPair(motion_index=motion_index, text=ann.text.strip(), start_s=s, end_s=e,
-                            start_idx=i_s, end_idx=i_e)
+                            start_idx=i_s, end_idx=i_e, texts=tuple(training_texts(ann)) if variants else ())
 
 
-def pairs_from_motions(motions: Iterable[Motion], n_snippets: int, skip_bad: bool = False) -> PairSet:
-    """Every annotation of every motion becomes a pair; motions without annotations are left out."""
+def pairs_from_motions(motions: Iterable[Motion], n_snippets: int, skip_bad: bool = False,
+                       variants: bool = False) -> PairSet:
+    """Every annotation of every motion becomes a pair; motions without annotations are left out.
+    `variants`: each pair also carries its other wordings (engine.corpus.sentences.training_texts)."""
     out = PairSet()
     for m in motions:
         if not m.annotations:
@@ -133,15 +146,16 @@ def pairs_from_motions(motions: Iterable[Motion], n_snippets: int, skip_bad: boo
             log.warning("skipped: %s", e)
             continue
         idx = len(out.motions)
-        pairs = [p for p in (make_pair(idx, sm, a) for a in m.annotations) if p is not None]
+        pairs = [p for p in (make_pair(idx, sm, a, variants) for a in m.annotations) if p is not None]
         if pairs:
             out.motions.append(sm)
             out.pairs.extend(pairs)
     return out
 
 
-def pairs_from_store(store, split: str, n_snippets: int, skip_bad: bool = True) -> PairSet:
-    """Pairs of one split of a `CorpusStore` (features read from the store's memory-mapped arrays)."""
+def pairs_from_store(store, split: str, n_snippets: int, skip_bad: bool = True, variants: bool = False) -> PairSet:
+    """Pairs of one split of a `CorpusStore` or `CorpusMix` (features read from the memory-mapped arrays);
+    a mix of several corpora also gives the pairs' sampling probabilities (its weights)."""
 
     def motions():
         for mid in store.motion_ids(split=split):
@@ -157,10 +171,14 @@ def pairs_from_store(store, split: str, n_snippets: int, skip_bad: bool = True) 
                 continue
             yield m
 
-    return pairs_from_motions(motions(), n_snippets, skip_bad=skip_bad)
+    out = pairs_from_motions(motions(), n_snippets, skip_bad=skip_bad, variants=variants)
+    if len(getattr(store, "stores", ())) > 1 and out.pairs:
+        out.probs = store.pair_weights([out.motions[p.motion_index].motion_id for p in out.pairs])
+    return out
 
 
-def load_data(source, n_snippets: int, train_split: str = "train", val_split: str = "val") -> LocalizerData:
+def load_data(source, n_snippets: int, train_split: str = "train", val_split: str = "val",
+              variants: bool = False) -> LocalizerData:
     """`source`: a LocalizerData, a CorpusStore, a corpus directory, or an iterable of Motion (split field used)."""
     if isinstance(source, LocalizerData):
         return source
@@ -169,15 +187,15 @@ def load_data(source, n_snippets: int, train_split: str = "train", val_split: st
 
         store = CorpusStore.open(source, create=False)
         try:
-            return load_data(store, n_snippets, train_split, val_split)
+            return load_data(store, n_snippets, train_split, val_split, variants)
         finally:
             store.close()
     if hasattr(source, "motion_ids") and hasattr(source, "features"):
-        train = pairs_from_store(source, train_split, n_snippets)
+        train = pairs_from_store(source, train_split, n_snippets, variants=variants)
         val = pairs_from_store(source, val_split, n_snippets)
         return LocalizerData(train=train, val=val if len(val) else None)
     motions = list(source)
-    train = pairs_from_motions([m for m in motions if m.split == train_split], n_snippets)
+    train = pairs_from_motions([m for m in motions if m.split == train_split], n_snippets, variants=variants)
     val = pairs_from_motions([m for m in motions if m.split == val_split], n_snippets)
     return LocalizerData(train=train, val=val if len(val) else None)
 

@@ -38,6 +38,7 @@ import torch
 
 from engine.corpus.device import resolve_device as resolve_device_name
 from engine.corpus.io import atomic_write_text, atomic_writer, load_weights
+from engine.corpus.mix import sampling_order
 from localizer.config import LocalizerConfig, make_config
 from localizer.data import LocalizerData, PairSet, TextCache, collate, input_statistics, load_data
 from localizer.decode import MaxSpan, decode_best, fit_max_span, index_to_seconds, temporal_iou
@@ -336,7 +337,7 @@ def train_localizer(
             stale.unlink(missing_ok=True)
     tc = config.train
 
-    data = load_data(data, config.model.n_snippets, tc.train_split, tc.val_split)
+    data = load_data(data, config.model.n_snippets, tc.train_split, tc.val_split, tc.text_variants)
     if len(data.train) == 0:
         raise ValueError(f"no training pairs (split {tc.train_split!r} has no annotated motions)")
     text_cache = _prepare_text(data, run_dir, config, text_cache)
@@ -389,7 +390,7 @@ def train_localizer(
 
     motion_texts = [set() for _ in data.train.motions]
     for p in data.train.pairs:
-        motion_texts[p.motion_index].add(p.text)
+        motion_texts[p.motion_index].update(p.texts or (p.text,))
     val_indices = None
     if data.val is not None and tc.val_max_pairs is not None and len(data.val) > tc.val_max_pairs:
         val_indices = sorted(np.random.default_rng(tc.seed).choice(len(data.val), tc.val_max_pairs,
@@ -433,12 +434,16 @@ def train_localizer(
     stopped_for_time = False
     while step < total_steps():
         epoch = step // steps_per_epoch
-        order = np.random.default_rng([tc.seed, epoch]).permutation(n_train)
+        epoch_rng = np.random.default_rng([tc.seed, epoch])
+        order = sampling_order(epoch_rng, n_train, data.train.probs)
         for b_i in range(step - epoch * steps_per_epoch, steps_per_epoch):
             if step == 1 and t_probe is None:
                 t_probe = time.perf_counter()  # the first step warms up; time the next ones
             rows = order[b_i * tc.batch_size: (b_i + 1) * tc.batch_size].tolist()
-            batch = collate(data.train, rows, text_cache).to(dev)
+            pairset = data.train
+            if tc.text_variants:  # this batch's wordings (seeded by step, so a resumed run draws the same)
+                pairset, rows = data.train.with_texts(rows, np.random.default_rng([tc.seed, 7, step]))
+            batch = collate(pairset, rows, text_cache).to(dev)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             m_labels = flip_s = flip_e = None
@@ -452,7 +457,7 @@ def train_localizer(
                 if tc.negatives > 0:
                     enc = model.encode_motion(batch.snippets, batch.m_mask)
                     out = model.forward_encoded(enc, batch.m_mask, batch.text, batch.t_mask, m_labels, flip_s, flip_e)
-                    neg = negative_rows(data.train, rows, tc.negatives, motion_texts)
+                    neg = negative_rows(pairset, rows, tc.negatives, motion_texts)
                     shared = shared_norm_span_loss(model, enc, batch, out, neg, config.model.loss_reduce)
                 else:
                     out = model(batch.snippets, batch.m_mask, batch.text, batch.t_mask, m_labels, flip_s, flip_e)

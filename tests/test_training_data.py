@@ -1,0 +1,268 @@
+"""Training data for real motion: augmentation (engine data augment), corpus mixes with weights, sentence
+variants, labelled hard negatives, and the two trainers on a mix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from engine.cli import app
+from engine.corpus import augment, synth
+from engine.corpus.skeleton import PARENTS
+from engine.corpus.mix import CorpusMix, CorpusSpec, open_mix, sampling_order
+from engine.corpus.sentences import label_key, training_texts
+from engine.corpus.store import CorpusStore
+from engine.corpus.types import Annotation, CorpusError, Motion
+from indexer.model import RetrievalConfig, drop_triple_loss
+from indexer.train import Pair, TrainConfig, collect_pairs, hard_partners, label_masks, train_retrieval
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = RetrievalConfig(d_model=16, n_layers=1, n_heads=2, ff_dim=32, embed_dim=16, text_hidden=None, dropout=0.0)
+
+
+def _bandai_like(m: Motion) -> Motion:
+    """A synthetic motion relabelled with Bandai-style content/style labels (left/right in the content)."""
+    contents = ["wave-left-hand", "wave-right-hand", "walk"]
+    styles = ["happy", "tired"]
+    for i, a in enumerate(m.annotations):
+        c, s = contents[i % 3], styles[(i // 3) % 2]
+        a.extra = {"content": c, "style": s, "take": f"t{i}"}
+        a.text = training_texts(Annotation("", 0, 1, extra=a.extra))[1]
+    return m
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mix")
+    a, b = root / "a", root / "b"
+    with CorpusStore.open(a) as s:
+        s.add_motions(synth.generate("tiny", seed=1))
+    with CorpusStore.open(b) as s:
+        s.add_motions([_bandai_like(m) for m in synth.generate("tiny", seed=2)])
+    return a, b
+
+
+# ---------------------------------------------------------------------------------------------- augment
+def _bones(j: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(j[:, 1:] - j[:, list(PARENTS[1:])], axis=-1)
+
+
+def test_mirror_swaps_sides_in_joints_text_and_labels():
+    m = next(iter(synth.generate("tiny", seed=4)))
+    m.annotations = [Annotation("a person waves the left hand", 1.0, 2.0, "s0",
+                                {"content": "wave-left-hand", "style": "happy", "take": "left-take"})]
+    out = augment.augment_motion(m, augment.AugmentSpec(mirror=True))
+    assert out.annotations[0].text == "a person waves the right hand"
+    assert out.annotations[0].extra["content"] == "wave-right-hand"
+    assert out.annotations[0].extra["take"] == "left-take"  # names are not relabelled
+    assert not np.allclose(out.joints, m.joints)
+    back = augment.augment_motion(out, augment.AugmentSpec(mirror=True))
+    np.testing.assert_allclose(back.joints, m.joints, atol=1e-6)
+    assert back.annotations[0].text == m.annotations[0].text and out.name.endswith("~mirror")
+
+
+def test_speed_resamples_time_and_scales_annotations():
+    m = next(iter(synth.generate("tiny", seed=5)))
+    n = m.joints.shape[0]
+    fast = augment.augment_motion(m, augment.AugmentSpec(speed=1.25))
+    assert fast.joints.shape[0] == round((n - 1) / 1.25) + 1
+    for a, b in zip(m.annotations, fast.annotations):
+        assert b.start_s == pytest.approx(a.start_s / 1.25) and b.end_s <= a.end_s / 1.25 + 1e-9
+    # frame i of the fast copy is the source at time 1.25 i (exact at integer source frames)
+    np.testing.assert_allclose(fast.joints[4], m.joints[5], atol=1e-6)
+    slow = augment.resample_time(m.joints, 0.5)
+    np.testing.assert_allclose(slow[1], (m.joints[0] + m.joints[1]) / 2, atol=1e-6)
+
+
+def test_proportions_scale_each_limb_group_within_the_amplitude():
+    m = next(iter(synth.generate("tiny", seed=6)))
+    out = augment.augment_motion(m, augment.AugmentSpec(proportions=0.1))
+    ratio = _bones(out.joints)[0] / _bones(m.joints)[0]  # (21,) bone j+1 vs its parent
+    for group in (augment.LEG_JOINTS, augment.ARM_JOINTS):
+        r = ratio[[j - 1 for j in group]]
+        assert np.all((r > 0.9 - 1e-4) & (r < 1.1 + 1e-4)) and np.ptp(r) < 1e-3  # one factor per group
+    assert not np.allclose(ratio, 1.0, atol=1e-3)
+    # bone lengths stay constant over time (a rigid skeleton)
+    np.testing.assert_allclose(_bones(out.joints), np.broadcast_to(_bones(out.joints)[0], _bones(out.joints).shape),
+                               atol=1e-4)
+
+
+def test_specs_and_refusals():
+    tags = [s.tag for s in augment.specs(True, [0.8, 1.2], 0.0)]
+    assert tags == ["speed0.8", "speed1.2", "mirror+speed0.8", "mirror", "mirror+speed1.2"]
+    assert augment.specs(False, [1.0], 0.0) == []
+    with pytest.raises(CorpusError, match="speed"):
+        augment.specs(False, [9.0], 0.0)
+    with pytest.raises(CorpusError, match="training split"):
+        next(augment.augmented_motions(None, augment.specs(True, [1], 0), split="test"))
+
+
+def test_cli_augment_writes_train_copies_only_and_is_idempotent(corpora, tmp_path):
+    src, _ = corpora
+    runner = CliRunner()
+    args = ["data", "augment", "--corpus", str(src), "--out", str(tmp_path / "aug"), "--mirror", "--speeds",
+            "1,1.2", "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    with CorpusStore.open(src, create=False) as s:
+        n_train = len(s.motion_ids(split="train"))
+        n_ann = sum(len(s.annotations(i)) for i in s.motion_ids(split="train"))
+    out = json.loads(r.stdout)
+    assert out["added"] == 3 * n_train and out["corpus_stats"]["by_split"] == {"train": 3 * n_train}
+    with CorpusStore.open(tmp_path / "aug", create=False) as s:
+        anns = sum(len(s.annotations(i)) for i in s.motion_ids())
+        f = s.features(s.motion_ids()[0])
+    assert anns <= 3 * n_ann and anns >= 3 * n_ann - n_train and np.isfinite(f).all()
+    again = json.loads(runner.invoke(app, args).stdout)
+    assert again["added"] == 0 and again["skipped_existing"] == 3 * n_train
+    r = runner.invoke(app, ["data", "augment", "--corpus", str(src), "--out", str(tmp_path / "none")])
+    assert r.exit_code != 0 and "nothing to do" in r.output
+
+
+# ---------------------------------------------------------------------------------------------- mix
+def test_corpus_spec_parsing():
+    assert CorpusSpec.parse("corpora/demo") == CorpusSpec(Path("corpora/demo"), 1.0)
+    assert CorpusSpec.parse("corpora/bandai:2.5") == CorpusSpec(Path("corpora/bandai"), 2.5)
+    assert CorpusSpec.parse("odd:name").path == Path("odd:name")
+    with pytest.raises(CorpusError, match="positive"):
+        CorpusSpec.parse("corpora/x:0")
+
+
+def test_mix_global_ids_read_through_and_weights(corpora):
+    a, b = corpora
+    with open_mix([CorpusSpec(a, 1.0), CorpusSpec(b, 3.0)]) as mix, \
+            CorpusStore.open(a, create=False) as sa, CorpusStore.open(b, create=False) as sb:
+        ids = mix.motion_ids()
+        assert ids == list(range(len(sa.motion_ids()) + len(sb.motion_ids())))
+        assert mix.motion_ids(split="train") == [i for i in ids if mix.get_motion(i, arrays=False).split == "train"]
+        last = ids[-1]
+        si, mid = mix.source_of(last)
+        assert si == 1 and mid == sb.motion_ids()[-1]
+        np.testing.assert_array_equal(mix.features(last), sb.features(mid))
+        assert mix.get_motion(last, arrays=False).motion_id == last
+        assert [x.text for x in mix.annotations(last)] == [x.text for x in sb.annotations(mid)]
+        items = [i for i in ids for _ in range(1 + i % 3)]  # uneven items per motion and per corpus
+        p = mix.pair_weights(items)
+        src = np.array([mix.source_of(i)[0] for i in items])
+        assert p.sum() == pytest.approx(1.0)
+        assert p[src == 0].sum() == pytest.approx(0.25) and p[src == 1].sum() == pytest.approx(0.75)
+        with pytest.raises(KeyError):
+            mix.source_of(10_000)
+    with pytest.raises(CorpusError, match="no such corpus"):
+        open_mix([CorpusSpec(a), CorpusSpec(a.parent / "missing")])
+
+
+def test_sampling_order():
+    rng = np.random.default_rng(0)
+    assert sorted(sampling_order(rng, 10, None)) == list(range(10))
+    probs = np.array([0.7] + [0.3 / 9] * 9)
+    draws = sampling_order(np.random.default_rng(1), 20_000, np.repeat(probs / 2000, 2000))
+    assert abs(np.mean(draws < 2000) - 0.7) < 0.02
+
+
+# ---------------------------------------------------------------------------------------------- sentences
+def test_training_texts_vary_but_never_use_the_evaluation_paraphrases():
+    ann = Annotation("a person waves the left hand, looking happy", 0, 1,
+                     extra={"content": "wave-left-hand", "style": "happy"})
+    texts = training_texts(ann)
+    assert texts[0] == ann.text and len(texts) == len(set(texts)) >= 8
+    assert all("left" in t for t in texts) and any(t.startswith("someone") for t in texts)
+    assert training_texts(Annotation("someone bows", 0, 1, extra={"action": "bow"})) == ["someone bows"]
+    # the held-out query sets are never trained on
+    held_out = set()
+    for f in (REPO / "eval" / "queries").glob("*.tsv"):
+        for line in f.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) == 2 and not line.startswith("#"):
+                held_out.add(parts[1].strip().lower())
+    from engine.corpus.bvh import BANDAI_CONTENT_PHRASES, BANDAI_STYLE_PHRASES
+
+    for c in BANDAI_CONTENT_PHRASES:
+        for s in BANDAI_STYLE_PHRASES:
+            for t in training_texts(Annotation("x", 0, 1, extra={"content": c, "style": s}))[1:]:
+                assert t.lower() not in held_out, t
+
+
+def test_label_keys_partners_and_masks():
+    pairs = [Pair(0, 0, 1, "l", label="wave-left-hand|happy"), Pair(1, 0, 1, "r", label="wave-right-hand|happy"),
+             Pair(2, 0, 1, "l2", label="wave-left-hand|tired"), Pair(3, 0, 1, "w", label="walk|happy"),
+             Pair(4, 0, 1, "free")]
+    assert label_key(Annotation("x", 0, 1, extra={"content": "walk", "style": "sad"})) == "walk|sad"
+    assert label_key(Annotation("x", 0, 1)) is None
+    assert pairs[0].family == pairs[1].family == "wave-hand" and pairs[3].family == "walk" and pairs[4].family is None
+    partners = hard_partners(pairs, np.arange(5), 5, np.random.default_rng(0))
+    assert len(partners) == 3 and all(pairs[p].family == "wave-hand" for p in partners)
+    for anchor, p in zip([0, 1, 2], partners):
+        assert pairs[p].label != pairs[anchor].label
+    known, same = label_masks(pairs, [0, 1, 0, 4], "cpu")
+    assert known[0, 1] and not known[0, 3] and same[0, 2] and not same[0, 1] and same[0, 0]
+
+
+def test_label_negatives_keep_text_similar_pairs_of_other_labels():
+    """'waves the left hand' vs '... right hand' is text-similar: plain DropTriple drops it as a false
+    negative; with the label masks it stays, and the loss sees the violation."""
+    sim = torch.tensor([[0.5, 0.6], [0.6, 0.5]])
+    tsim = torch.tensor([[1.0, 0.95], [0.95, 1.0]])
+    assert drop_triple_loss(sim, None, tsim, hardest=True) == 0
+    known, same = label_masks([Pair(0, 0, 1, "l", label="L"), Pair(1, 0, 1, "r", label="R")], [0, 1], "cpu")
+    assert drop_triple_loss(sim, None, torch.where(known, same.float() * 2.0, tsim), hardest=True) > 0
+
+
+# ---------------------------------------------------------------------------------------------- trainers
+def test_retrieval_trains_on_a_weighted_mix_with_every_option(corpora, tmp_path):
+    a, b = corpora
+    cfg = TrainConfig(model=TINY, epochs=2, batch_size=8, lr=1e-3, warmup_epochs=1, text_variants=True,
+                      label_negatives=True, hard_negative_frac=0.25, feature_noise=0.05,
+                      corpora=[{"path": str(a), "weight": 1.0}, {"path": str(b), "weight": 2.0}])
+    with open_mix([CorpusSpec(a, 1.0), CorpusSpec(b, 2.0)]) as mix:
+        pairs = collect_pairs(mix, "train", variants=True)
+        assert any(len(p.texts) > 1 for p in pairs) and any(p.label and "|" in p.label for p in pairs)
+        rep = train_retrieval(mix, tmp_path / "run", cfg, device="cpu")
+        assert rep.epochs_done == 2 and rep.best_val is not None
+        assert rep.best_val.n_pairs == len(collect_pairs(mix, "val"))
+        with pytest.raises(ValueError, match="another config"):
+            train_retrieval(mix, tmp_path / "run", TrainConfig(**{**cfg.__dict__, "feature_noise": 0.0}))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["corpora"][1]["weight"] == 2.0 and saved["text_variants"] is True
+
+
+def test_localizer_trains_on_a_mix_with_text_variants(corpora, tmp_path):
+    from localizer.config import make_config
+    from localizer.data import load_data
+    from localizer.train import train_localizer
+
+    a, b = corpora
+    with open_mix([CorpusSpec(a, 1.0), CorpusSpec(b, 4.0)]) as mix:
+        data = load_data(mix, 16, variants=True)
+        assert data.train.probs is not None and data.train.probs.sum() == pytest.approx(1.0)
+        view, rows = data.train.with_texts(list(range(len(data.train))), np.random.default_rng(0))
+        assert all(v.text in (p.texts or (p.text,)) for v, p in zip(view.pairs, data.train.pairs))
+        assert any(v.text != p.text for v, p in zip(view.pairs, data.train.pairs))
+        cfg = make_config("tiny", "mlpbase", {"train.epochs": 1, "train.time_budget_min": None,
+                                              "train.text_variants": True, "train.batch_size": 8})
+        res = train_localizer(mix, tmp_path / "loc", cfg)
+    assert res.steps >= 1 and (tmp_path / "loc" / "best.pt").exists()
+
+
+def test_cli_mixes_corpora_for_both_trainers(corpora, tmp_path):
+    a, b = corpora
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "retrieval", "--corpus", str(a), "--corpus", f"{b}:2", "--run",
+                            str(tmp_path / "r"), "--epochs", "1", "--batch-size", "8", "--d-model", "16",
+                            "--layers", "1", "--arch", "window", "--text-variants", "--label-negatives",
+                            "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["corpora"][1] == {"path": str(b), "weight": 2.0}
+    r = runner.invoke(app, ["train", "retrieval", "--corpus", str(a), "--corpus", str(tmp_path / "nope"),
+                            "--run", str(tmp_path / "r2"), "--epochs", "1"])
+    assert r.exit_code == 2 and "no such corpus" in r.output
+    r = runner.invoke(app, ["train", "localizer", "--corpus", str(a), "--corpus", f"{b}:0.5", "--run",
+                            str(tmp_path / "l"), "--preset", "tiny", "--variant", "mlpbase", "--epochs", "1",
+                            "--text-variants", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "l" / "config.json").read_text())["train"]["text_variants"] is True
