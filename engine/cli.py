@@ -699,6 +699,8 @@ def eval_cmr_cmd(
                                          "label, for label-match P@10/nDCG@10/mAP@100 (default: action or content)."),
     queries: Path | None = typer.Option(None, "--queries", help="Your own query set instead of the split's "
                                         "annotations: TSV `label<TAB>text` or JSONL {label, text}."),
+    relevance: bool = typer.Option(True, "--relevance/--label-match-only", help="Also the Recall/DCG tables "
+                                   "(their relevance embeds every returned moment: slow); or label match only."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Corpus moment retrieval: Recall@n,IoU@mu, DCG/NDCG and label-match P@10/nDCG@10/mAP@100 over a
@@ -721,7 +723,7 @@ def eval_cmr_cmd(
                            localizer=localizer, device=device, sliding_window=sliding_window,
                            window_sizes_s=window_s, r_modes=r_mode, backend=backend, ray_address=ray_address,
                            ray_workers=ray_workers, progress=bar, label_key=label_key, queries_file=queries,
-                           gammas=gamma)
+                           gammas=gamma, relevance=relevance)
     except (CorpusError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
         fail(f"eval cmr: {e}")
     from eval.report import label_match_table

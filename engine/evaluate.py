@@ -317,9 +317,11 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
              r_modes: Sequence[str] = ("motion",), backend: str = "local", ray_address: str | None = None,
              ray_workers: int = 2, progress: Callable[[str, int, int], None] | None = None,
              label_key: str | None = None, queries_file: str | Path | None = None,
-             gammas: Sequence[float] = (1.0,)) -> EvalOutput:
+             gammas: Sequence[float] = (1.0,), relevance: bool = True) -> EvalOutput:
     """Corpus moment retrieval on the index's corpus, queries = annotations of `split` (all motions searched),
-    or a user's (label, text) query set (`queries_file`, judged by label match only).
+    or a user's (label, text) query set (`queries_file`, judged by label match only). `relevance=False`
+    skips the Recall/DCG tables (their Text-Motion relevance embeds every returned moment) and reports
+    label match only.
 
     Label match (`eval.labelmatch`): with `label_key` (default: detected, the synthetic action or the Bandai
     content), every run also gets P@10, nDCG@10 and mAP@100 against every annotation of the query's label,
@@ -360,7 +362,7 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
             extra = {f"{m.motion_id}:{a.seg_id or i}": a.extra for m in motions for i, a in enumerate(m.annotations)}
             query_labels = {q: str(extra[q][label_key]) for q in queries if label_key in extra.get(q, {})}
     label_spans = label_pool(annotations, label_key) if label_key else []
-    scorer = CmrScorer(searcher.retrieval, store, searcher.motions, truth) if truth else None
+    scorer = CmrScorer(searcher.retrieval, store, searcher.motions, truth) if truth and relevance else None
     output = EvalOutput(meta={"index": str(index_dir), "split": split, "queries": len(queries), "limit": limit,
                               "similarity_model": scorer.enc_name if scorer else None, "label_key": label_key,
                               "queries_file": str(queries_file) if queries_file else None})

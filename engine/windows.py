@@ -74,15 +74,14 @@ class WindowBank:
         vecs = [np.asarray(chunk_vecs, np.float32)]
         feats = np.asarray(self.store.features(mid))
         fps = float(self.meta[mid].fps)
-        model_fps = float(self.model.config.fps)
         n = len(feats)
         for size_s in self.sizes_s:
             w = int(round(size_s * fps))
             if w < 2 or w >= n:
                 continue
             win = pyramid_windows(n, [w], max(1, w // 2))  # (W, 2) frames
-            vecs.append(self.model.encode_motion([resample_window(np.asarray(feats[a:b], np.float32), fps,
-                                                                  model_fps) for a, b in win]))
+            # window arch: pooled from one encoding of the motion, like its index chunks; else one pass each
+            vecs.append(self.model.encode_windows(np.asarray(feats, np.float32), win, fps=fps))
             spans.append(win / fps)
             self.windows_embedded += len(win)
         out = (np.concatenate(spans), np.concatenate(vecs))

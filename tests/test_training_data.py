@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from engine.cli import app
 from engine.corpus import augment, synth
-from engine.corpus.skeleton import PARENTS
-from engine.corpus.mix import CorpusMix, CorpusSpec, open_mix, sampling_order
+from engine.corpus.mix import CorpusSpec, open_mix, sampling_order
 from engine.corpus.sentences import label_key, training_texts
+from engine.corpus.skeleton import PARENTS
 from engine.corpus.store import CorpusStore
 from engine.corpus.types import Annotation, CorpusError, Motion
 from indexer.model import RetrievalConfig, drop_triple_loss
