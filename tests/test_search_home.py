@@ -113,7 +113,7 @@ def test_ensure_default_index_opens_verified_and_rebuilds_for_new_models(monkeyp
     other.mkdir()
     RetrievalModel.random(RetrievalConfig(d_model=16, n_layers=1, n_heads=2, ff_dim=32, embed_dim=16,
                                           text_hidden=None), seed=1).save(other / "best.pt")
-    monkeypatch.setattr(home, "default_retrieval_path", lambda: other)
+    monkeypatch.setitem(home.MODEL_SETS, "default", dataclasses.replace(home.MODEL_SETS["default"], retrieval=other))
     with caplog.at_level(logging.WARNING, logger="engine.home"):
         rebuilt = home.ensure_default_index(preset="tiny")
     assert rebuilt.version == "000002" and rebuilt.dim == 16
@@ -127,3 +127,38 @@ def test_ensure_default_index_opens_verified_and_rebuilds_for_new_models(monkeyp
         healed = home.ensure_default_index(preset="tiny")
     assert healed.version == "000003" and any("does not load" in r.getMessage() for r in caplog.records)
     shutil.rmtree(tmp_path / "home")
+
+
+# ---------------------------------------------------------------------------------------------- model sets
+def test_model_sets_pick_models_and_index_dirs(monkeypatch, tmp_path):
+    import pytest
+
+    import engine.home as home
+    from engine.corpus.types import RequestError
+
+    monkeypatch.setenv("ENGINE_HOME", str(tmp_path))
+    monkeypatch.delenv("ENGINE_MODELS", raising=False)
+    for name, ms in home.MODEL_SETS.items():
+        assert (ms.retrieval / "best.pt").exists() and (ms.localizer / "best.pt").exists(), name
+        assert (ms.retrieval / "MODEL_CARD.md").exists() and (ms.localizer / "MODEL_CARD.md").exists(), name
+        assert home.default_retrieval_path(name) == ms.retrieval and home.default_localizer_path(name) == ms.localizer
+    assert home.default_index_dir() == tmp_path / "demo-index"
+    assert home.default_index_dir("synthetic") == tmp_path / "demo-index-synthetic"
+    monkeypatch.setenv("ENGINE_MODELS", "synthetic")
+    assert home.model_set().name == "synthetic" and home.default_index_dir() == tmp_path / "demo-index-synthetic"
+    with pytest.raises(RequestError, match="unknown model set 'nope'"):
+        home.model_set("nope")
+    # the synthetic set has seen no third-party data
+    for p in (home.MODEL_SETS["synthetic"].retrieval, home.MODEL_SETS["synthetic"].localizer):
+        assert "non-commercial" not in (p / "MODEL_CARD.md").read_text().lower()
+
+
+def test_cli_models_flag_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    r = CliRunner().invoke(app, ["search", "kung fu", "--models", "nope"])
+    assert r.exit_code != 0 and "unknown model set" in r.output
+    r = CliRunner().invoke(app, ["search", "kung fu", "--models", "synthetic", "--index", str(tmp_path)])
+    assert r.exit_code != 0 and "--models" in r.output
