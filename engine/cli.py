@@ -958,6 +958,9 @@ def search_cmd(
                                     "instead of a query; uses --k, --limit, --per-motion."),
     include_self: bool = typer.Option(False, "--include-self", help="With --like: also moments of the example's "
                                       "own motion (never the example span itself)."),
+    backend: str = typer.Option("auto", "--backend", help="auto | torch | onnx: the query models' runtime. auto "
+                                "takes ONNX Runtime (no torch import: a fast cold start) when the index has its "
+                                "exported query models, else torch, and exports them for the next search."),
 ) -> None:
     """Find the moments that match a sentence: ranked (motion, start-end s) with scores."""
     from engine.corpus.types import RequestError
@@ -991,7 +994,9 @@ def search_cmd(
         from engine.corpus.io import check_output_target
 
         check_output_target(run_out, force, flag="--run-out")
-    searcher = _open_searcher(index, localizer, device)
+    if backend not in ("auto", "torch", "onnx"):
+        fail(f"--backend {backend!r}: choose one of auto, torch, onnx")
+    searcher = _open_searcher(index, localizer, device, backend=backend)
     results = [(qid, searcher.search(req)) for qid, req in requests]
     if run_out is not None:
         from engine.evaluate import run_meta_for
@@ -1020,9 +1025,9 @@ def search_cmd(
         console.print(t)
 
 
-def _open_searcher(index: Path | None, localizer: Path | None, device: str):
+def _open_searcher(index: Path | None, localizer: Path | None, device: str, backend: str = "torch"):
     """The Searcher of `engine search` (the built-in index, prepared with progress, when `index` is None);
-    a missing index or a bad --localizer / --device is one error line."""
+    a missing index or a bad --localizer / --device / --backend is one error line."""
     from engine.search import load_searcher
 
     if index is not None and not index.exists():
@@ -1031,7 +1036,7 @@ def _open_searcher(index: Path | None, localizer: Path | None, device: str):
     try:
         with _progress() as prog:
             return load_searcher(index, localizer=localizer, device=device, progress=_bar_fn(prog),
-                                 notify=lambda m: typer.echo(m, err=True))
+                                 notify=lambda m: typer.echo(m, err=True), backend=backend)
     except EngineError as e:
         fail(str(e))
 

@@ -79,6 +79,39 @@ def default_index_stale(manifest: Manifest, retrieval_fingerprint: str, localize
     return None
 
 
+def shipped_checkpoints() -> dict[str, Path]:
+    """The shipped models' checkpoint files, by name: what the built-in index's ONNX query models record
+    (indexer/query_models.py `sources`), so that a process can tell, without torch, that they still fit."""
+    from localizer.fingerprint import resolve_checkpoint
+
+    names = ("best.pt", "model.pt", "last.pt")  # the order `indexer.model.load_retrieval` picks (torch-free here)
+    ret = next((default_retrieval_path() / n for n in names if (default_retrieval_path() / n).is_file()),
+               default_retrieval_path() / names[0])
+    return {"retrieval": ret, "localizer": resolve_checkpoint(default_localizer_path())}
+
+
+def open_default_index_fast(device: str = "cpu") -> ChunkIndex:
+    """The built-in index, opened without torch, when its ONNX query models were exported from the shipped
+    checkpoints as they are now (their sha256, recorded at export, after `ensure_default_index` had checked
+    that the index fits them). Else `QueryModelsUnavailable`: the torch path checks and rebuilds."""
+    from indexer.index import open_index
+    from indexer.manifest import read_current, version_dir
+    from indexer.query_models import QueryModels, QueryModelsUnavailable
+
+    index_dir = default_index_dir()
+    current = read_current(index_dir)
+    if current is None:
+        raise QueryModelsUnavailable(str(index_dir), "the built-in index is not built yet")
+    qm = QueryModels.read(version_dir(index_dir, current))
+    if qm is None:
+        raise QueryModelsUnavailable(str(index_dir), "no ONNX query models exported yet")
+    for name, path in shipped_checkpoints().items():
+        src = qm.sources.get(name)
+        if src is None or not src.matches(path):
+            raise QueryModelsUnavailable(str(index_dir), f"the shipped {name} model changed since the export")
+    return open_index(index_dir, device=device)
+
+
 def ensure_default_index(progress: Callable[[str, int, int], None] | None = None, device: str = "cpu",
                          preset: str = "demo") -> ChunkIndex:
     """The built-in index, opened (every file's checksum verified once): built, with the built-in corpus,

@@ -27,20 +27,34 @@ def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def ort_session(data: bytes, where: str, threads: int | None = None):
-    """An ONNX Runtime CPU session over a graph's bytes; a file that does not parse as one is a ModelError
-    naming `where`. `threads`: intra-op threads (default: $OMP_NUM_THREADS, else ONNX Runtime's choice)."""
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise ModelError(where, "the ONNX query path needs onnxruntime (pip install onnxruntime)") from e
+def _options(threads: int | None = None, optimized: bool = True):
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         threads = int(os.environ["OMP_NUM_THREADS"])
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # No spin-waiting between kernels: on a shared 2-core machine it steals the cores other work needs.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Graphs are optimized once, at export (`export_onnx`): a session then loads them as they are, which
+    # halves the session start of the BERT graph (0.15 s instead of 0.33 s).
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if optimized
+                                     else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
     opts.log_severity_level = 3  # errors only: no optimizer chatter on stderr
+    return opts
+
+
+def ort_session(data: bytes, where: str, threads: int | None = None):
+    """An ONNX Runtime CPU session over a graph's bytes (as `export_onnx` wrote it: already optimized); a
+    file that does not parse as one is a ModelError naming `where`. `threads`: intra-op threads (default:
+    $OMP_NUM_THREADS, else ONNX Runtime's choice)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ModelError(where, "the ONNX query path needs onnxruntime (pip install onnxruntime)") from e
+    opts = _options(threads)
     try:
         return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
@@ -50,8 +64,9 @@ def ort_session(data: bytes, where: str, threads: int | None = None):
 
 def export_onnx(module, args: Sequence, path: str | os.PathLike, input_names: Sequence[str],
                 output_names: Sequence[str], dynamic_axes: dict[str, dict[int, str]]) -> None:
-    """Trace `module(*args)` into an ONNX graph (the TorchScript exporter, opset `OPSET`) written atomically
-    to `path`. Needs the `onnx` package (the exporter's)."""
+    """Trace `module(*args)` into an ONNX graph (the TorchScript exporter, opset `OPSET`), optimize it with
+    ONNX Runtime's hardware-independent graph optimizations (what `ort_session` then skips) and write it
+    atomically to `path`. Needs the `onnx` package (the exporter's) and onnxruntime."""
     import warnings
 
     import torch
@@ -66,3 +81,13 @@ def export_onnx(module, args: Sequence, path: str | os.PathLike, input_names: Se
         torch.onnx.export(module, tuple(args), str(tmp), input_names=list(input_names),
                           output_names=list(output_names), dynamic_axes=dynamic_axes, opset_version=OPSET,
                           do_constant_folding=True, dynamo=False)
+        import onnxruntime as ort
+
+        opts = _options(optimized=False)
+        opt_path = tmp.with_name(tmp.name + ".opt")
+        opts.optimized_model_filepath = str(opt_path)
+        try:
+            ort.InferenceSession(str(tmp), sess_options=opts, providers=["CPUExecutionProvider"])
+            os.replace(opt_path, tmp)
+        finally:
+            opt_path.unlink(missing_ok=True)
