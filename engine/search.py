@@ -212,7 +212,7 @@ class Searcher:
                  corpus: str | Path | None = None, device: str = "cpu", bf16: bool = False,
                  use_motion_cache: bool = True, backend: str = "torch"):
         from engine.corpus.device import resolve_device
-        from engine.corpus.store import CorpusStore
+        from engine.corpus.reader import open_reader
         from engine.home import default_localizer_path
         from indexer.index import ChunkIndex, open_index
 
@@ -267,7 +267,13 @@ class Searcher:
             corpus, url = man.corpus.get("dir"), man.corpus.get("url")
         else:
             url = None
-        self.store = CorpusStore.open(corpus, url=url, create=False)
+        # The onnx backend reads the corpus's metadata through sqlite3 (no SQLAlchemy import, engine/corpus/reader.py).
+        reader = open_reader(corpus, url) if backend == "onnx" and corpus is not None else None
+        if reader is None:
+            from engine.corpus.store import CorpusStore
+
+            reader = CorpusStore.open(corpus, url=url, create=False)
+        self.store = reader
         self.motions: dict[int, MotionInfo] = {m.motion_id: m for m in self.store.motion_table()}
         self._encoded: dict[int, object] = {}
         self._labels: dict[int, list] = {}

@@ -48,16 +48,20 @@ def _values(arr: pa.Array, dtype) -> np.ndarray:
     return np.frombuffer(arr.buffers()[1], dtype)[arr.offset: arr.offset + len(arr)]
 
 
+def _one_chunk(col: pa.ChunkedArray) -> pa.Array:
+    """A column as one array (the files hold one record batch; combining imports pyarrow.compute)."""
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
 def read_embeddings(path: Path, copy: bool = False) -> Embeddings:
     """Memory-mapped (read-only views) unless copy=True."""
     try:
         t = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-        vec = t.column("vector").combine_chunks()
+        vec = _one_chunk(t.column("vector"))
         d = vec.type.list_size
-        flat = vec.flatten()  # the list values of the valid range, offset applied
-        vectors = _values(flat, np.float32).reshape(-1, d)  # (N, d)
-        out = Embeddings(_values(t.column("chunk_id").combine_chunks(), np.int64),
-                         _values(t.column("motion_id").combine_chunks(), np.int64), vectors)
+        vectors = _values(vec.values, np.float32)[vec.offset * d: (vec.offset + len(vec)) * d].reshape(-1, d)
+        out = Embeddings(_values(_one_chunk(t.column("chunk_id")), np.int64),
+                         _values(_one_chunk(t.column("motion_id")), np.int64), vectors)
     except (OSError, pa.ArrowException, KeyError, AttributeError, ValueError) as e:
         raise CorpusError(str(path), f"unreadable embeddings file: {e}") from e
     if copy:
