@@ -26,7 +26,7 @@ import numpy as np
 
 from engine.corpus import io as corpus_io
 from engine.corpus.types import IndexFileError
-from indexer.manifest import FileEntry, checksum_problem
+from indexer.manifest import FileEntry
 
 QUERY_MODELS = "query_models.json"
 TEXT_GRAPH = "query_text.onnx"
@@ -146,15 +146,22 @@ def check_query_models(vdir: Path) -> list[str]:
         if not path.is_file():
             problems.append(f"{path}: missing (query models; delete {QUERY_MODELS} to re-export)")
             continue
-        problem = checksum_problem(str(path), entry, FileEntry(*_digest(path)))
+        problem = _mismatch(entry, FileEntry(*_digest(path)))
         if problem:
-            problems.append(problem + f" (query models; delete {QUERY_MODELS} to re-export)")
+            problems.append(f"{path}: {problem} (query models; delete {QUERY_MODELS} to re-export)")
     return problems
 
 
 def _digest(path: Path) -> tuple[str, int]:
     d = corpus_io.sha256_file(path)
     return d.sha256, d.n_bytes
+
+
+def _mismatch(entry: FileEntry, got: FileEntry) -> str | None:
+    if got == entry:
+        return None
+    return (f"checksum mismatch ({QUERY_MODELS} sha256 {entry.sha256[:12]}…, {entry.bytes} bytes; file "
+            f"{got.sha256[:12]}…, {got.bytes} bytes)")
 
 
 def read_graph(path: Path, entry: FileEntry) -> bytes:
@@ -164,7 +171,7 @@ def read_graph(path: Path, entry: FileEntry) -> bytes:
     except OSError as e:
         raise IndexFileError(str(path), f"cannot read the ONNX graph: {e.strerror or e}; delete "
                                         f"{QUERY_MODELS} beside the index version to re-export") from e
-    problem = checksum_problem(path.name, entry, FileEntry(d.sha256, d.n_bytes))
+    problem = _mismatch(entry, FileEntry(d.sha256, d.n_bytes))
     if problem:
         raise IndexFileError(str(path), f"{problem}; refusing to load the ONNX graph (delete {QUERY_MODELS} "
                                         "beside the index version, or run one search with --backend torch, to re-export)")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engine.corpus.types import Annotation, CorpusError, MotionInfo
 
+# engine.corpus.store's (which imports SQLAlchemy at the top; tests/test_onnx_path.py checks they agree).
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SQLITE_NAME = "corpus.sqlite"
