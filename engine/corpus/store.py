@@ -69,12 +69,14 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from engine.corpus.io import atomic_writer
-from engine.corpus.reader import FORMAT_VERSION, MANIFEST, SQLITE_NAME  # noqa: F401 (the reader's, shared)
 from engine.corpus.skeleton import FEATURE_DIM, N_JOINTS
 from engine.corpus.types import Annotation, CorpusError, Motion, MotionInfo
 
 log = logging.getLogger(__name__)
 
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SQLITE_NAME = "corpus.sqlite"
 ARRAYS_DIR = "arrays"
 LOCK_NAME = ".arrays.lock"
 # Annotation times may exceed the motion by this much (frame rounding) before they are an error.
