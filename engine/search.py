@@ -476,11 +476,14 @@ def load_searcher(index: str | Path | None = None, localizer: str | Path | None 
     if index is not None and not Path(index).exists():
         raise IndexFileError(str(index), "no such index; build one with `engine index build --corpus CORPUS_DIR --out "
                              f"{index} --model RUN_DIR`")
+    opened = None  # an index the onnx attempt opened (its files hashed): the torch path takes it as it is
     if backend == "onnx" or (backend == "auto" and device == "cpu"):
-        searcher = _onnx_searcher(index, localizer, required=backend == "onnx")
+        searcher, opened = _onnx_searcher(index, localizer, required=backend == "onnx")
         if searcher is not None:
             return _warm(searcher, warmup)
-    if index is None:
+    if opened is not None and index is not None:
+        index, builtin = opened, False
+    elif index is None:
         from engine.home import default_index_dir, ensure_default_index
 
         if not (default_index_dir() / "CURRENT").exists() and notify:
@@ -510,17 +513,22 @@ def _warm(searcher: Searcher, warmup: bool) -> Searcher:
     return searcher
 
 
-def _onnx_searcher(index: str | Path | None, localizer: str | Path | None, required: bool) -> Searcher | None:
-    """A Searcher on the ONNX backend, or None (auto: logged) when the index has no query models that fit
-    or one of them is damaged; with `required`, those are errors."""
+def _onnx_searcher(index: str | Path | None, localizer: str | Path | None,
+                   required: bool) -> tuple[Searcher | None, ChunkIndex | None]:
+    """(a Searcher on the ONNX backend, None), or (None, the index if it was opened) (auto: logged) when
+    the index has no query models that fit or one of them is damaged; with `required`, those are errors."""
+    from indexer.index import open_index
     from indexer.query_models import QueryModelsUnavailable
 
+    opened = None
     try:
         if index is None:
             from engine.home import open_default_index_fast
 
-            index = open_default_index_fast()
-        return Searcher(index, localizer=localizer, backend="onnx")
+            opened = open_default_index_fast()
+        else:
+            opened = open_index(index)
+        return Searcher(opened, localizer=localizer, backend="onnx"), None
     except QueryModelsUnavailable as e:
         if required:
             raise
@@ -529,7 +537,14 @@ def _onnx_searcher(index: str | Path | None, localizer: str | Path | None, requi
         if required:
             raise
         log.warning("%s; searching with torch instead", e)
-    return None
+    except (ModelError, RequestError):
+        if required:
+            raise
+    except (FileNotFoundError, OSError, ValueError) as e:  # the index itself does not open: torch says so
+        if required:
+            raise IndexFileError(str(index), f"cannot load the index ({e})") from e
+        opened = None
+    return None, opened
 
 
 def _export_quietly(searcher: Searcher, builtin: bool, notify: Callable[[str], None] | None) -> None:
