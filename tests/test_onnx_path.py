@@ -242,6 +242,11 @@ def test_missing_or_stale_exports_are_not_used(pipeline, onnx_index, tmp_path):
     from indexer.query_models import QueryModelsUnavailable
 
     _, index, loc = pipeline
+    bare = tmp_path / "bare"
+    shutil.copytree(index, bare)
+    for p in bare.glob("versions/*/query_*"):  # an earlier `engine search` (auto) may have exported them
+        p.unlink()
+    index = bare
     with pytest.raises(QueryModelsUnavailable, match="no ONNX query models"):
         Searcher(index, localizer=loc, backend="onnx")
     onnx_idx, _ = onnx_index
