@@ -186,7 +186,7 @@ def decode_top(p_start: np.ndarray | torch.Tensor, p_end: np.ndarray | torch.Ten
     Exact: candidates are visited in descending joint probability (only a growing prefix is sorted), so the
     result equals NMS over all T (T + 1) / 2 pairs. Pairs with zero probability are never returned.
     """
-    ps = np.asarray(p_start, dtype=np.float64).reshape(-1)  # a CPU tensor converts without a copy
+    ps = np.asarray(p_start, dtype=np.float64).reshape(-1)  # numpy or a CPU tensor
     pe = np.asarray(p_end, dtype=np.float64).reshape(-1)
     t = ps.shape[0]
     if t == 0 or top_m < 1:
