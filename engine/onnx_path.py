@@ -70,7 +70,10 @@ def open_query_models(index: ChunkIndex, localizer_dir: str | os.PathLike, threa
     if qm.model_fingerprint != index.manifest.model_fingerprint:
         raise QueryModelsUnavailable(str(vdir), "the ONNX query models were exported from another retrieval model")
     sha = localizer_fingerprint(localizer_dir)
-    spec = OnnxLocalizerSpec.from_dict(qm.localizer["spec"])
+    try:
+        spec = OnnxLocalizerSpec.from_dict(qm.localizer["spec"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise IndexFileError(str(vdir / "query_models.json"), f"malformed localizer spec: {e!r}") from e
     if spec.sha256 != sha:
         raise QueryModelsUnavailable(str(vdir), f"the ONNX localizer was exported from another checkpoint than "
                                                 f"{localizer_dir}")

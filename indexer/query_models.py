@@ -31,6 +31,7 @@ from indexer.manifest import FileEntry
 QUERY_MODELS = "query_models.json"
 TEXT_GRAPH = "query_text.onnx"
 KIND = "query-models"
+TEXT_ENCODER_KEYS = ("dir", "graph", "entry", "sources", "sentence_max_length", "max_positions", "dim", "embed_dim")
 FORMAT = 1
 
 
@@ -101,6 +102,10 @@ class QueryModels:
             d["files"] = {k: FileEntry(**v) for k, v in d["files"].items()}
             d["sources"] = {k: SourceFile(**v) for k, v in d.get("sources", {}).items()}
             te = dict(d["text_encoder"])
+            missing = [k for k in TEXT_ENCODER_KEYS if k not in te] + \
+                [f"localizer.{k}" for k in ("graph", "spec") if k not in d["localizer"]]
+            if missing:
+                raise KeyError(", ".join(missing))
             te["entry"] = FileEntry(**te["entry"])
             te["sources"] = {k: SourceFile(**v) for k, v in te["sources"].items()}
             d["text_encoder"] = te

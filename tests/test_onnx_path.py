@@ -299,3 +299,22 @@ def test_numpy_best_pair_equals_decode_best():
                 d = decode_best(torch.from_numpy(ps), torch.from_numpy(pe), max_len)
                 want = (int(d.start_idx[0]), int(d.end_idx[0]), float(d.p_se[0]))
                 assert decode_best_np(ps, pe, max_len) == want
+
+
+def test_malformed_sidecar_is_named(onnx_index, tmp_path):
+    from engine.corpus.types import IndexFileError
+    from engine.search import Searcher
+    from indexer.query_models import QUERY_MODELS
+
+    index, loc = onnx_index
+    copy = tmp_path / "index"
+    shutil.copytree(index, copy)
+    side = next(copy.glob(f"versions/*/{QUERY_MODELS}"))
+    d = json.loads(side.read_text())
+    del d["text_encoder"]["dim"]
+    side.write_text(json.dumps(d))
+    with pytest.raises(IndexFileError, match="malformed query models sidecar"):
+        Searcher(copy, localizer=loc, backend="onnx")
+    side.write_text("{not json")
+    with pytest.raises(IndexFileError, match=QUERY_MODELS):
+        Searcher(copy, localizer=loc, backend="onnx")
