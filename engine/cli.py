@@ -56,7 +56,12 @@ def _mount_indexer() -> None:
 
         return localizer_feature_fn(run_dir, device=device)
 
-    app.add_typer(make_index_app(motion_feature_factory), name="index")
+    def after_build(index_dir):  # the ONNX query models, so that the first search is a fast one
+        from engine.search import prepare_fast_path
+
+        prepare_fast_path(index_dir, notify=lambda m: typer.echo(m, err=True))
+
+    app.add_typer(make_index_app(motion_feature_factory, after_build=after_build), name="index")
     train_app.command("retrieval")(train_retrieval_cmd)
     eval_app.command("retrieval")(eval_retrieval_cmd)
 

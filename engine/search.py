@@ -547,6 +547,19 @@ def _onnx_searcher(index: str | Path | None, localizer: str | Path | None,
     return None, opened
 
 
+def prepare_fast_path(index: str | Path, notify: Callable[[str], None] | None = None) -> None:
+    """Export the ONNX query models of `index` for the localizer it was built with (`engine index build
+    --localizer` runs this), so that the first search is a fast one; a failure is one warning."""
+    from engine.corpus.types import EngineError
+
+    try:
+        searcher = Searcher(index)
+    except (EngineError, OSError) as e:
+        log.warning("the fast (ONNX) query path is not prepared for %s: %s", index, e)
+        return
+    _export_quietly(searcher, False, notify)
+
+
 def _export_quietly(searcher: Searcher, builtin: bool, notify: Callable[[str], None] | None) -> None:
     """Export the index's ONNX query models after a torch open, so that the next process takes the fast path;
     a model that does not export, or an index directory that cannot be written, is one warning."""

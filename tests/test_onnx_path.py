@@ -318,3 +318,20 @@ def test_malformed_sidecar_is_named(onnx_index, tmp_path):
     side.write_text("{not json")
     with pytest.raises(IndexFileError, match=QUERY_MODELS):
         Searcher(copy, localizer=loc, backend="onnx")
+
+
+def test_index_build_with_a_localizer_exports_the_query_models(pipeline, tmp_path):
+    """`engine index build --localizer` prepares the fast path: the first search takes onnx."""
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+    from engine.search import load_searcher
+
+    corpus, index, loc_run = pipeline
+    model_pt = next(index.glob("versions/*/model.pt"))
+    out = tmp_path / "idx"
+    r = CliRunner().invoke(app, ["index", "build", "--corpus", str(corpus), "--out", str(out), "--model",
+                                 str(model_pt), "--localizer", str(loc_run), "--json"])
+    assert r.exit_code == 0, r.output
+    assert list(out.glob("versions/*/query_models.json"))
+    assert load_searcher(out, backend="onnx").backend == "onnx"
