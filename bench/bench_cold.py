@@ -1,6 +1,9 @@
 """Cold CLI search: whole-process wall time of `engine search "..." --k 200 --limit 5` on the built-in index,
-beside the bare `python -c "import torch"` (the floor every search pays) and
+beside the bare `python -c "import torch"` (what the torch query path cannot go below) and
 `python -c "import sentence_transformers"` (what the query path no longer pays), all in the same run.
+
+`engine search` is the default backend (auto: the ONNX query path when the index has its exported graphs,
+engine/onnx_path.py); `--backend onnx` and `--backend torch` are timed beside it, and `engine --help`.
 
     python3 bench/bench_cold.py [--runs 5] [--query "kung fu pose"] [--k 200] [--limit 5] [--json]
     python3 bench/bench_cold.py --importtime     # also the top self+children import times of one search
@@ -64,17 +67,27 @@ def main() -> None:
     env = {**os.environ}
     py = sys.executable
     search = [py, "-m", "engine.cli", "search", args.query, "--k", str(args.k), "--limit", str(args.limit)]
-    commands = {"engine search": (search, None)}
+    commands = {"engine search": (search, None),
+                "engine search --backend onnx": (search + ["--backend", "onnx"], None),
+                "engine search --backend torch": (search + ["--backend", "torch"], None),
+                "engine --help": ([py, "-m", "engine.cli", "--help"], None)}
     if args.baseline:
         commands[f"engine search ({args.baseline})"] = (search, args.baseline)
     if not args.no_imports:
         commands["import torch"] = ([py, "-c", "import torch"], None)
         commands["import sentence_transformers"] = ([py, "-c", "import sentence_transformers"], None)
 
-    # First run: builds the built-in index when absent, and warms the page cache. Not timed.
+    # First run: builds the built-in index when absent, exports its ONNX query models (auto), and warms the
+    # page cache. Not timed.
     warm_s, r = timed(search, env)
     if r.returncode != 0:
         sys.exit(f"engine search failed (exit {r.returncode}):\n{r.stderr[-2000:]}")
+    same = {}
+    for backend in ("onnx", "torch"):  # both backends answer, with the same moments
+        _, r = timed(search + ["--backend", backend, "--json"], env)
+        if r.returncode != 0:
+            sys.exit(f"engine search --backend {backend} failed:\n{r.stderr[-2000:]}")
+        same[backend] = [(m["motion_id"], round(m["start_s"], 4), round(m["end_s"], 4)) for m in json.loads(r.stdout)]
 
     times: dict[str, list[float]] = {name: [] for name in commands}
     errors: dict[str, str] = {}
@@ -94,21 +107,27 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "omp_num_threads": env.get("OMP_NUM_THREADS"),
         "first_run_s": round(warm_s, 3),
+        "onnx_equals_torch": same["onnx"] == same["torch"],
         "load_average_1m": round(os.getloadavg()[0], 2),
         "results": {name: summary(t) for name, t in times.items() if t},
         "errors": errors,
     }
+    res = out["results"]
+    if "engine search" in res and "import torch" in res:
+        out["search_over_import_torch"] = round(res["engine search"]["p50_s"] / res["import torch"]["p50_s"], 3)
     if args.importtime:
         out["importtime_top"] = import_top(search, env, args.importtime)
     if args.json:
         print(json.dumps(out, indent=2))
         return
     print(f"cold `{out['command']}` ({args.runs} runs each, first run {warm_s:.2f} s not counted; "
-          f"load average {out['load_average_1m']})")
+          f"load average {out['load_average_1m']}; onnx moments == torch moments: {out['onnx_equals_torch']})")
     for name, s in out["results"].items():
-        print(f"  {name:30s} p50 {s['p50_s']:6.3f} s   min {s['min_s']:6.3f}   max {s['max_s']:6.3f}")
+        print(f"  {name:32s} p50 {s['p50_s']:6.3f} s   min {s['min_s']:6.3f}   max {s['max_s']:6.3f}")
     for name, e in errors.items():
         print(f"  {name:30s} failed: {e}")
+    if "search_over_import_torch" in out:
+        print(f"  engine search p50 / import torch p50 = {out['search_over_import_torch']}")
     if args.importtime:
         print("slowest top-level imports of one search (cumulative ms):")
         for row in out["importtime_top"]:

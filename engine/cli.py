@@ -56,7 +56,12 @@ def _mount_indexer() -> None:
 
         return localizer_feature_fn(run_dir, device=device)
 
-    app.add_typer(make_index_app(motion_feature_factory), name="index")
+    def after_build(index_dir):  # the ONNX query models, so that the first search is a fast one
+        from engine.search import prepare_fast_path
+
+        prepare_fast_path(index_dir, notify=lambda m: typer.echo(m, err=True))
+
+    app.add_typer(make_index_app(motion_feature_factory, after_build=after_build), name="index")
     train_app.command("retrieval")(train_retrieval_cmd)
     eval_app.command("retrieval")(eval_retrieval_cmd)
 
@@ -1009,6 +1014,9 @@ def search_cmd(
     include_self: bool = typer.Option(False, "--include-self", help="With --like: also moments of the example's "
                                       "own motion (never the example span itself)."),
     models: str | None = MODELS_OPTION,
+    backend: str = typer.Option("auto", "--backend", help="auto | torch | onnx: the query models' runtime. auto "
+                                "takes ONNX Runtime (no torch import: a fast cold start) when the index has its "
+                                "exported query models, else torch, and exports them for the next search."),
 ) -> None:
     """Find the moments that match a sentence: ranked (motion, start-end s) with scores."""
     from engine.corpus.types import RequestError
@@ -1042,7 +1050,9 @@ def search_cmd(
         from engine.corpus.io import check_output_target
 
         check_output_target(run_out, force, flag="--run-out")
-    searcher = _open_searcher(index, localizer, device, models)
+    if backend not in ("auto", "torch", "onnx"):
+        fail(f"--backend {backend!r}: choose one of auto, torch, onnx")
+    searcher = _open_searcher(index, localizer, device, models, backend=backend)
     results = [(qid, searcher.search(req)) for qid, req in requests]
     if run_out is not None:
         from engine.evaluate import run_meta_for
@@ -1085,9 +1095,11 @@ def _index_for(index: Path | None, models: str | None) -> Path | None:
     return index
 
 
-def _open_searcher(index: Path | None, localizer: Path | None, device: str, models: str | None = None):
+def _open_searcher(index: Path | None, localizer: Path | None, device: str, models: str | None = None,
+                   backend: str = "torch"):
     """The Searcher of `engine search` (the built-in index of the model set, prepared with progress, when
-    `index` is None); a missing index or a bad --localizer / --device / --models is one error line."""
+    `index` is None); a missing index or a bad --localizer / --device / --models / --backend is one
+    error line."""
     from engine.search import load_searcher
 
     index = _index_for(index, models)
@@ -1097,7 +1109,7 @@ def _open_searcher(index: Path | None, localizer: Path | None, device: str, mode
     try:
         with _progress() as prog:
             return load_searcher(index, localizer=localizer, device=device, progress=_bar_fn(prog),
-                                 notify=lambda m: typer.echo(m, err=True), models=models)
+                                 notify=lambda m: typer.echo(m, err=True), models=models, backend=backend)
     except EngineError as e:
         fail(str(e))
 

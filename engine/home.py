@@ -111,6 +111,39 @@ def default_index_stale(manifest: Manifest, retrieval_fingerprint: str, localize
     return None
 
 
+def shipped_checkpoints(models: str | None = None) -> dict[str, Path]:
+    """A model set's checkpoint files, by name: what the built-in index's ONNX query models record
+    (indexer/query_models.py `sources`), so that a process can tell, without torch, that they still fit."""
+    from localizer.fingerprint import resolve_checkpoint
+
+    ms = model_set(models)
+    names = ("best.pt", "model.pt", "last.pt")  # the order `indexer.model.load_retrieval` picks (torch-free here)
+    ret = next((ms.retrieval / n for n in names if (ms.retrieval / n).is_file()), ms.retrieval / names[0])
+    return {"retrieval": ret, "localizer": resolve_checkpoint(ms.localizer)}
+
+
+def open_default_index_fast(device: str = "cpu", models: str | None = None) -> ChunkIndex:
+    """The built-in index, opened without torch, when its ONNX query models were exported from the shipped
+    checkpoints as they are now (their sha256, recorded at export, after `ensure_default_index` had checked
+    that the index fits them). Else `QueryModelsUnavailable`: the torch path checks and rebuilds."""
+    from indexer.index import open_index
+    from indexer.manifest import read_current, version_dir
+    from indexer.query_models import QueryModels, QueryModelsUnavailable
+
+    index_dir = default_index_dir(models)
+    current = read_current(index_dir)
+    if current is None:
+        raise QueryModelsUnavailable(str(index_dir), "the built-in index is not built yet")
+    qm = QueryModels.read(version_dir(index_dir, current))
+    if qm is None:
+        raise QueryModelsUnavailable(str(index_dir), "no ONNX query models exported yet")
+    for name, path in shipped_checkpoints(models).items():
+        src = qm.sources.get(name)
+        if src is None or not src.matches(path):
+            raise QueryModelsUnavailable(str(index_dir), f"the shipped {name} model changed since the export")
+    return open_index(index_dir, device=device)
+
+
 def ensure_default_index(progress: Callable[[str, int, int], None] | None = None, device: str = "cpu",
                          preset: str = "demo", models: str | None = None) -> ChunkIndex:
     """The built-in index of a model set, opened (every file's checksum verified once): built, with the

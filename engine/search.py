@@ -201,19 +201,23 @@ class Searcher:
 
     Caches (encoded motions, labels, the localizer's text LRU) are plain dicts: serve concurrent
     requests with one Searcher per worker or a lock around `search`.
+    `backend`: "torch" (the models' own forward) or "onnx" (the index's exported graphs through ONNX
+    Runtime, engine/onnx_path.py: no torch import; needs the index's cached motion encoding). Both give the
+    same moments (oracle test); everything after the models is the same code.
     `use_motion_cache=False` encodes every motion from its raw features on every request: neither the
     index's cached encoding nor earlier requests' are used (the naive path benches compare to).
     """
 
     def __init__(self, index_dir: str | Path | ChunkIndex, localizer: str | Path | None = None,
                  corpus: str | Path | None = None, device: str = "cpu", bf16: bool = False,
-                 use_motion_cache: bool = True):
+                 use_motion_cache: bool = True, backend: str = "torch"):
         from engine.corpus.device import resolve_device
-        from engine.corpus.store import CorpusStore
+        from engine.corpus.reader import open_reader
         from engine.home import default_localizer_path
         from indexer.index import ChunkIndex, open_index
-        from localizer.infer import Localizer
 
+        if backend not in ("torch", "onnx"):
+            raise RequestError("--backend", f"unknown backend {backend!r}; choose torch or onnx")
         device = resolve_device(device)
         if isinstance(index_dir, ChunkIndex):  # opened (and its files checked) by the caller
             self.index = index_dir
@@ -221,7 +225,6 @@ class Searcher:
             self.index = open_index(index_dir, device=device)  # checksums verified before FAISS reads
         self.index_dir = self.index.index_dir
         man = self.index.manifest
-        self.retrieval = self.index.load_model(device=device)
         # The localizer: the caller's, else the one the index was built with, else the shipped one.
         if localizer is not None:
             loc_path = Path(localizer)
@@ -233,10 +236,22 @@ class Searcher:
                             man.localizer.path)
             loc_path = default_localizer_path()
         self.localizer_path = loc_path
-        try:
-            self.localizer = Localizer.load(loc_path, device=device, bf16=bf16)
-        except (ValueError, OSError, RuntimeError, KeyError) as e:  # not "cannot load the index": name the run
-            raise ModelError(str(loc_path), f"cannot load the localizer (--localizer): {e}") from e
+        self.backend = backend
+        if backend == "onnx":  # the index's exported graphs (engine/onnx_path.py): no torch
+            from engine.onnx_path import open_query_models
+
+            if device != "cpu" or bf16 or not use_motion_cache:
+                raise RequestError("--backend", "the onnx backend runs on the CPU in fp32 from the index's cached "
+                                   "motion encoding; use --backend torch")
+            self.retrieval, self.localizer = open_query_models(self.index, loc_path)
+        else:
+            from localizer.infer import Localizer
+
+            self.retrieval = self.index.load_model(device=device)
+            try:
+                self.localizer = Localizer.load(loc_path, device=device, bf16=bf16)
+            except (ValueError, OSError, RuntimeError, KeyError) as e:  # not "cannot load the index": name the run
+                raise ModelError(str(loc_path), f"cannot load the localizer (--localizer): {e}") from e
         self.localizer_fingerprint = self.localizer.fingerprint()
         # The index caches the localizer's query-independent motion encoding when built with the same
         # checkpoint (its tag is the checkpoint's sha256); otherwise motions are encoded on first use.
@@ -252,7 +267,13 @@ class Searcher:
             corpus, url = man.corpus.get("dir"), man.corpus.get("url")
         else:
             url = None
-        self.store = CorpusStore.open(corpus, url=url, create=False)
+        # The onnx backend reads the corpus's metadata through sqlite3 (no SQLAlchemy import, engine/corpus/reader.py).
+        reader = open_reader(corpus, url) if backend == "onnx" and corpus is not None else None
+        if reader is None:
+            from engine.corpus.store import CorpusStore
+
+            reader = CorpusStore.open(corpus, url=url, create=False)
+        self.store = reader
         self.motions: dict[int, MotionInfo] = {m.motion_id: m for m in self.store.motion_table()}
         self._encoded: dict[int, object] = {}
         self._labels: dict[int, list] = {}
@@ -282,7 +303,7 @@ class Searcher:
         self._labels.clear()
 
     def _encoded_motions(self, motion_ids: Sequence[int], keep: bool = True):
-        from localizer.infer import EncodedMotion
+        from localizer.outputs import EncodedMotion
 
         got = {m: self._encoded[m] for m in motion_ids if m in self._encoded}
         missing = [m for m in motion_ids if m not in got]
@@ -429,34 +450,51 @@ class Searcher:
                                    duration_s=info.duration_s, label=self.label(m.motion_id, m.start_s, m.end_s))
 
 
+BACKENDS = ("auto", "torch", "onnx")
+
+
 def load_searcher(index: str | Path | None = None, localizer: str | Path | None = None, device: str = "cpu",
                   notify: Callable[[str], None] | None = None,
                   progress: Callable[[str, int, int], None] | None = None, warmup: bool = False,
-                  models: str | None = None) -> Searcher:
+                  models: str | None = None, backend: str = "torch") -> Searcher:
     """Open a Searcher: on `index`, or on the built-in index of the model set `models` (engine.home:
     prepared on first use) when `index` is None.
 
     The one loader of the CLI and the server. Errors are `IndexFileError`s that say how to fix them.
     `warmup` runs one small query so that the first real request does not pay for lazy initialisation.
+    `backend`: "torch"; "onnx" (the index's ONNX query models, no torch import; an error when it has none
+    that fit); "auto": onnx when the index has them, else torch, after which they are exported for the
+    next process (engine/onnx_path.py; a failed export is a warning).
     """
     from engine.corpus.device import resolve_device
     from engine.corpus.types import EngineError
 
+    if backend not in BACKENDS:
+        raise RequestError("--backend", f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
     device = resolve_device(device)  # before building anything: a bad --device is one line
-    if index is None:
+    if localizer is not None and not Path(localizer).exists():
+        raise IndexFileError(str(localizer), "no such localizer run directory (--localizer)")
+    if index is not None and not Path(index).exists():
+        raise IndexFileError(str(index), "no such index; build one with `engine index build --corpus CORPUS_DIR --out "
+                             f"{index} --model RUN_DIR`")
+    opened = None  # an index the onnx attempt opened (its files hashed): the torch path takes it as it is
+    if backend == "onnx" or (backend == "auto" and device == "cpu"):
+        searcher, opened = _onnx_searcher(index, localizer, required=backend == "onnx", models=models)
+        if searcher is not None:
+            return _warm(searcher, warmup)
+    if opened is not None and index is not None:
+        index, builtin = opened, False
+    elif index is None:
         from engine.home import default_index_dir, ensure_default_index
 
         if not (default_index_dir(models) / "CURRENT").exists() and notify:
             notify("preparing the built-in corpus and its index (first run only, a few minutes) ...")
         # opened and verified: files hashed once
         index = ensure_default_index(progress=progress, device=device, models=models)
+        builtin = True
     else:
         index = Path(index)
-        if not index.exists():
-            raise IndexFileError(str(index), "no such index; build one with `engine index build --corpus "
-                                 f"CORPUS_DIR --out {index} --model RUN_DIR`")
-    if localizer is not None and not Path(localizer).exists():
-        raise IndexFileError(str(localizer), "no such localizer run directory (--localizer)")
+        builtin = False
     try:
         searcher = Searcher(index, localizer=localizer, device=device)
     except (ModelError, RequestError):
@@ -466,6 +504,79 @@ def load_searcher(index: str | Path | None = None, localizer: str | Path | None 
         raise IndexFileError(str(where), f"cannot load the index ({e}); check it with `engine index verify "
                              f"{where}` or rebuild it with `engine index build --corpus CORPUS_DIR --out "
                              "INDEX_DIR --model RUN_DIR`") from e
+    if backend == "auto" and device == "cpu":
+        _export_quietly(searcher, builtin, notify, models)
+    return _warm(searcher, warmup)
+
+
+def _warm(searcher: Searcher, warmup: bool) -> Searcher:
     if warmup and searcher.motions:
         searcher.search(SearchRequest("a person walks forward", k=min(8, len(searcher.motions)), limit=1))
     return searcher
+
+
+def _onnx_searcher(index: str | Path | None, localizer: str | Path | None,
+                   required: bool, models: str | None = None) -> tuple[Searcher | None, ChunkIndex | None]:
+    """(a Searcher on the ONNX backend, None), or (None, the index if it was opened) (auto: logged) when
+    the index has no query models that fit or one of them is damaged; with `required`, those are errors."""
+    from indexer.index import open_index
+    from indexer.query_models import QueryModelsUnavailable
+
+    opened = None
+    try:
+        if index is None:
+            from engine.home import open_default_index_fast
+
+            opened = open_default_index_fast(models=models)
+        else:
+            opened = open_index(index)
+        return Searcher(opened, localizer=localizer, backend="onnx"), None
+    except QueryModelsUnavailable as e:
+        if required:
+            raise
+        log.info("torch query path: %s", e)
+    except IndexFileError as e:  # a damaged graph: say which, then search on torch (and export again)
+        if required:
+            raise
+        log.warning("%s; searching with torch instead", e)
+    except (ModelError, RequestError):
+        if required:
+            raise
+    except (FileNotFoundError, OSError, ValueError) as e:  # the index itself does not open: torch says so
+        if required:
+            raise IndexFileError(str(index), f"cannot load the index ({e})") from e
+        opened = None
+    return None, opened
+
+
+def prepare_fast_path(index: str | Path, notify: Callable[[str], None] | None = None) -> None:
+    """Export the ONNX query models of `index` for the localizer it was built with (`engine index build
+    --localizer` runs this), so that the first search is a fast one; a failure is one warning."""
+    from engine.corpus.types import EngineError
+
+    try:
+        searcher = Searcher(index)
+    except (EngineError, OSError) as e:
+        log.warning("the fast (ONNX) query path is not prepared for %s: %s", index, e)
+        return
+    _export_quietly(searcher, False, notify)
+
+
+def _export_quietly(searcher: Searcher, builtin: bool, notify: Callable[[str], None] | None,
+                    models: str | None = None) -> None:
+    """Export the index's ONNX query models after a torch open, so that the next process takes the fast path;
+    a model that does not export, or an index directory that cannot be written, is one warning."""
+    from engine.corpus.types import EngineError
+    from engine.onnx_path import export_query_models, onnx_cache_dir
+
+    sources = {}
+    if builtin:
+        from engine.home import shipped_checkpoints
+
+        sources = shipped_checkpoints(models)
+    try:
+        export_query_models(searcher.index, searcher.retrieval, searcher.localizer, sources=sources,
+                            cache_dir=onnx_cache_dir(),
+                            notify=(lambda: notify("preparing the fast query path (once) ...")) if notify else None)
+    except (EngineError, OSError, ImportError) as e:
+        log.warning("the fast (ONNX) query path is not available for %s: %s", searcher.index_dir, e)

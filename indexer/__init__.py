@@ -8,6 +8,7 @@
 - `indexer.index`: open_index(index_dir) -> ChunkIndex (the read path); `indexer.verify`: verify(index_dir)
 - `indexer.manifest`: the version layout, Manifest, LocalizerRef, checksums, CURRENT; `indexer.versions`:
   index_info, prune_versions, the build lock
+- `indexer.query_models`: the version's exported ONNX query models (sidecar, checks, `OnnxRetrieval`)
 - `indexer.config` (IndexConfig), `indexer.arrow_io` (Arrow files), `indexer.faiss_index` (FAISS, exact
   top-k, recall), `indexer.embed` (EmbedBackend), `indexer.inputs` (corpus and model of a build),
   `indexer.ray_backend` (Ray Data embedding)

@@ -40,15 +40,29 @@ def write_embeddings(path: Path, emb: Embeddings) -> None:
                                  "motion_id": pa.array(emb.motion_ids, pa.int64()), "vector": vec}))
 
 
+def _values(arr: pa.Array, dtype) -> np.ndarray:
+    """The values of a primitive Arrow array without nulls as a numpy view of its buffer (Array.to_numpy
+    imports pandas: most of a cold search's second)."""
+    if arr.null_count:
+        raise ValueError(f"{arr.type} column with {arr.null_count} nulls")
+    return np.frombuffer(arr.buffers()[1], dtype)[arr.offset: arr.offset + len(arr)]
+
+
+def _one_chunk(col: pa.ChunkedArray) -> pa.Array:
+    """A column as one array (the files hold one record batch; combining imports pyarrow.compute)."""
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
 def read_embeddings(path: Path, copy: bool = False) -> Embeddings:
     """Memory-mapped (read-only views) unless copy=True."""
     try:
         t = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-        vec = t.column("vector").combine_chunks()
+        vec = _one_chunk(t.column("vector"))
         d = vec.type.list_size
-        vectors = vec.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)  # (N, d)
-        out = Embeddings(t.column("chunk_id").to_numpy(), t.column("motion_id").to_numpy(), vectors)
-    except (OSError, pa.ArrowException, KeyError, AttributeError) as e:
+        vectors = _values(vec.values, np.float32)[vec.offset * d: (vec.offset + len(vec)) * d].reshape(-1, d)
+        out = Embeddings(_values(_one_chunk(t.column("chunk_id")), np.int64),
+                         _values(_one_chunk(t.column("motion_id")), np.int64), vectors)
+    except (OSError, pa.ArrowException, KeyError, AttributeError, ValueError) as e:
         raise CorpusError(str(path), f"unreadable embeddings file: {e}") from e
     if copy:
         out = Embeddings(np.array(out.chunk_ids), np.array(out.motion_ids), np.array(out.vectors))

@@ -10,7 +10,8 @@ Chunk ids are deterministic: `chunk_id = motion_id << CHUNK_BITS | chunk_index`.
 the same chunking therefore always gets the same ids, which is what lets an incremental index update
 (add / remove motions) equal a full rebuild. The id is also the FAISS id and the SQL primary key.
 
-`ChunkDB` is the index directory's own SQLite database (SQLAlchemy) with two tables: `motions` (what
+`ChunkDB` is the index directory's own SQLite database (the standard library's sqlite3: a search opens it
+without importing SQLAlchemy) with two tables: `motions` (what
 was indexed: id, name, source, fps, n_frames, duration_s, split) and `chunks` (chunk_id, motion_id,
 chunk_index, start_frame, end_frame, start_s, end_s).
 """
@@ -19,13 +20,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Float, Integer, String, create_engine, event, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from engine.corpus.types import Chunk, CorpusError, MotionInfo
 
@@ -106,30 +106,30 @@ def chunk_window(features: np.ndarray, span: ChunkSpan, fps: float, model_fps: f
 
 
 # ---------------------------------------------------------------------------------------------- SQL
-class _Base(DeclarativeBase):
-    pass
-
-
-class IndexedMotionRow(_Base):
-    __tablename__ = "motions"
-    motion_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(512))
-    source: Mapped[str] = mapped_column(String(128))
-    fps: Mapped[float] = mapped_column(Float)
-    n_frames: Mapped[int] = mapped_column(Integer)
-    duration_s: Mapped[float] = mapped_column(Float)
-    split: Mapped[str | None] = mapped_column(String(16), nullable=True)
-
-
-class ChunkRow(_Base):
-    __tablename__ = "chunks"
-    chunk_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    motion_id: Mapped[int] = mapped_column(Integer, index=True)
-    chunk_index: Mapped[int] = mapped_column(Integer)
-    start_frame: Mapped[int] = mapped_column(Integer)
-    end_frame: Mapped[int] = mapped_column(Integer)
-    start_s: Mapped[float] = mapped_column(Float)
-    end_s: Mapped[float] = mapped_column(Float)
+# The schema SQLAlchemy wrote for these tables before ChunkDB used sqlite3 (indexes built then read the same).
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS motions (
+	motion_id INTEGER NOT NULL,
+	name VARCHAR(512) NOT NULL,
+	source VARCHAR(128) NOT NULL,
+	fps FLOAT NOT NULL,
+	n_frames INTEGER NOT NULL,
+	duration_s FLOAT NOT NULL,
+	split VARCHAR(16),
+	PRIMARY KEY (motion_id)
+)""",
+    """CREATE TABLE IF NOT EXISTS chunks (
+	chunk_id INTEGER NOT NULL,
+	motion_id INTEGER NOT NULL,
+	chunk_index INTEGER NOT NULL,
+	start_frame INTEGER NOT NULL,
+	end_frame INTEGER NOT NULL,
+	start_s FLOAT NOT NULL,
+	end_s FLOAT NOT NULL,
+	PRIMARY KEY (chunk_id)
+)""",
+    "CREATE INDEX IF NOT EXISTS ix_chunks_motion_id ON chunks (motion_id)",
+)
 
 
 # A motion as recorded in an index (enough to chunk it again and to name it in results): the one motion
@@ -181,12 +181,6 @@ class ChunkTable:
                 for p in pos]
 
 
-def _sqlite_url(path: Path, read_only: bool) -> str:
-    if read_only:
-        return f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
-    return f"sqlite:///{path.resolve()}"
-
-
 class ChunkDB:
     """The index directory's chunks.sqlite (write once per version, then read only)."""
 
@@ -194,15 +188,20 @@ class ChunkDB:
         self.path = Path(path)
         if read_only and not self.path.is_file():
             raise CorpusError(str(self.path), "chunk database missing")
-        self.engine = create_engine(_sqlite_url(self.path, read_only), future=True)
-        if not read_only:
-            @event.listens_for(self.engine, "connect")
-            def _pragmas(dbapi_conn, _):  # rollback journal, removed at commit: one self-contained file
-                dbapi_conn.execute("PRAGMA journal_mode=DELETE")
-            _Base.metadata.create_all(self.engine)
+        try:
+            if read_only:
+                self.conn = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True)
+            else:
+                self.conn = sqlite3.connect(str(self.path.resolve()))
+                self.conn.execute("PRAGMA journal_mode=DELETE")  # rollback journal: one self-contained file
+                with self.conn:
+                    for ddl in _SCHEMA:
+                        self.conn.execute(ddl)
+        except sqlite3.Error as e:
+            raise CorpusError(str(self.path), f"cannot open the chunk database: {e}") from e
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.conn.close()
 
     def __enter__(self) -> ChunkDB:
         return self
@@ -210,29 +209,34 @@ class ChunkDB:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _rows(self, sql: str) -> list[tuple]:
+        try:
+            return self.conn.execute(sql).fetchall()
+        except sqlite3.Error as e:
+            raise CorpusError(str(self.path), f"cannot read the chunk database: {e}") from e
+
     def write(self, motions: Iterable[IndexedMotion], spans: Iterable[ChunkSpan]) -> None:
         """Insert every motion and chunk row in one transaction."""
-        with Session(self.engine) as s, s.begin():
-            s.execute(IndexedMotionRow.__table__.insert(), [
-                {"motion_id": m.motion_id, "name": m.name, "source": m.source, "fps": m.fps,
-                 "n_frames": m.n_frames, "duration_s": m.duration_s, "split": m.split} for m in motions])
-            rows = [{"chunk_id": c.chunk_id, "motion_id": c.motion_id, "chunk_index": c.chunk_index,
-                     "start_frame": c.start_frame, "end_frame": c.end_frame, "start_s": c.start_s,
-                     "end_s": c.end_s} for c in spans]
-            if rows:
-                s.execute(ChunkRow.__table__.insert(), rows)
+        with self.conn:
+            self.conn.executemany(
+                "INSERT INTO motions (motion_id, name, source, fps, n_frames, duration_s, split) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(int(m.motion_id), m.name, m.source, float(m.fps), int(m.n_frames), float(m.duration_s), m.split)
+                 for m in motions])
+            self.conn.executemany(
+                "INSERT INTO chunks (chunk_id, motion_id, chunk_index, start_frame, end_frame, start_s, end_s) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(int(c.chunk_id), int(c.motion_id), int(c.chunk_index), int(c.start_frame), int(c.end_frame),
+                  float(c.start_s), float(c.end_s)) for c in spans])
 
     def motions(self) -> list[IndexedMotion]:
-        with Session(self.engine) as s:
-            rows = s.execute(select(IndexedMotionRow).order_by(IndexedMotionRow.motion_id)).scalars().all()
-            return [IndexedMotion(r.motion_id, r.name, r.source, r.fps, r.n_frames, r.duration_s, r.split)
-                    for r in rows]
+        rows = self._rows("SELECT motion_id, name, source, fps, n_frames, duration_s, split FROM motions "
+                          "ORDER BY motion_id")
+        return [IndexedMotion(int(r[0]), r[1], r[2], float(r[3]), int(r[4]), float(r[5]), r[6]) for r in rows]
 
     def table(self) -> ChunkTable:
-        t = ChunkRow.__table__
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(t.c.chunk_id, t.c.motion_id, t.c.chunk_index, t.c.start_frame,
-                                       t.c.end_frame, t.c.start_s, t.c.end_s).order_by(t.c.chunk_id)).all()
+        rows = self._rows("SELECT chunk_id, motion_id, chunk_index, start_frame, end_frame, start_s, end_s "
+                          "FROM chunks ORDER BY chunk_id")
         if not rows:
             z = np.zeros(0, np.int64)
             return ChunkTable(z, z, z, z, z, z.astype(np.float64), z.astype(np.float64))

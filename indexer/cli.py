@@ -133,8 +133,9 @@ RAY_WORKERS_OPTION = typer.Option(None, "--ray-workers", min=1,
                                   help="Embed workers, 1 CPU each (default: one per cluster CPU).")
 
 
-def _build_command(features: _LocalizerFeatures) -> Callable:
-    """`engine index build`, with `--localizer` served by `features`."""
+def _build_command(features: _LocalizerFeatures, after_build: Callable[[Path], None] | None = None) -> Callable:
+    """`engine index build`, with `--localizer` served by `features`; `after_build(index_dir)` runs after a
+    build with a localizer (the engine exports the ONNX query models there)."""
 
     def index_build(
         corpus: Path = typer.Option(..., "--corpus", help="Corpus directory."),
@@ -180,6 +181,8 @@ def _build_command(features: _LocalizerFeatures) -> Callable:
         finally:
             store.close()
         _report_build(rep, as_json)
+        if after_build is not None and loc_ref is not None:
+            after_build(out)
 
     return index_build
 
@@ -361,13 +364,15 @@ def index_prune(
         typer.echo(f"removed versions: {', '.join(removed) or 'none'}")
 
 
-def make_index_app(motion_feature_factory: MotionFeatureFactory | None = None) -> typer.Typer:
+def make_index_app(motion_feature_factory: MotionFeatureFactory | None = None,
+                   after_build: Callable[[Path], None] | None = None) -> typer.Typer:
     """The `engine index ...` sub-app. `motion_feature_factory` serves `--localizer RUN` (build, add):
     it gives the function whose output the index caches per motion and the localizer's sha256, recorded
-    in the manifest; without one, `--localizer` is refused."""
+    in the manifest; without one, `--localizer` is refused. `after_build(index_dir)`: called after
+    `build --localizer` (the engine's exports the query models for the fast search path)."""
     app = typer.Typer(help="Build, update and check the FAISS chunk index.", no_args_is_help=True)
     features = _LocalizerFeatures(motion_feature_factory)
-    app.command("build")(_build_command(features))
+    app.command("build")(_build_command(features, after_build))
     app.command("rebuild")(index_rebuild)
     app.command("add")(_add_command(features))
     app.command("remove")(index_remove)

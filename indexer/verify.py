@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.corpus.types import CorpusError
+from engine.corpus.types import CorpusError, EngineError
 from indexer.arrow_io import read_embeddings, read_motion_features
 from indexer.chunks import ChunkDB, ChunkTable, plan_chunks
 from indexer.config import IndexConfig
@@ -33,6 +33,7 @@ from indexer.manifest import (
     sha256_file,
     version_dir,
 )
+from indexer.query_models import QUERY_MODELS, QueryModels, check_query_models
 from indexer.versions import list_versions
 
 
@@ -112,6 +113,11 @@ def verify(index_dir: str | os.PathLike, corpus=None, deep: bool = True) -> Veri
     rep.files_checked = len(man.files)
     rep.problems += check_files(vdir, man)
     listed = set(man.files) | {MANIFEST}
+    # The exported ONNX query models (a derived artefact with its own sidecar, indexer/query_models.py).
+    rep.problems += check_query_models(vdir)
+    qm = _query_model_files(vdir)
+    listed |= qm
+    rep.files_checked += len(qm) - (1 if qm else 0)
     for p in vdir.iterdir():
         if p.name not in listed:
             rep.warnings.append(f"{p.name}: not listed in the manifest")
@@ -122,6 +128,15 @@ def verify(index_dir: str | os.PathLike, corpus=None, deep: bool = True) -> Veri
     except Exception as e:  # noqa: BLE001 - any failure to read consistent files is a verify problem
         rep.problems.append(f"unreadable index files: {type(e).__name__}: {e}")
     return rep
+
+
+def _query_model_files(vdir: Path) -> set[str]:
+    """The names of the version's query model files (the sidecar and the graphs it lists), if any."""
+    try:
+        qm = QueryModels.read(vdir)
+    except EngineError:  # reported by check_query_models
+        return {QUERY_MODELS}
+    return set() if qm is None else {QUERY_MODELS, *qm.files}
 
 
 def _check_model(vdir: Path, man: Manifest, rep: VerifyReport) -> None:

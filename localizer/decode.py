@@ -5,17 +5,23 @@ score ``p_se`` is that maximum. Times: ``t_s = i_s / T * D``, ``t_e = (i_e + 1) 
 own number of snippets and D the duration the snippets cover. Top-m moments are true (start, end) pairs of
 the upper-triangular joint matrix, greedily suppressed by temporal IoU (the authors' "top-5" picked starts
 and ends independently, which gives inconsistent pairs).
+
+torch is imported only by the functions that take tensors (`joint_matrix`, `decode_best`: training and
+evaluation); `decode_top` and `decode_best_np` are numpy, so the query path imports this module without torch.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from engine.corpus.spans import temporal_iou  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -49,6 +55,8 @@ def joint_matrix(p_start: torch.Tensor, p_end: torch.Tensor, max_len: int | torc
 
     `max_len`: one limit in snippets, or one per row of a (B, T) batch (a (B,) tensor); None = no limit.
     """
+    import torch
+
     t = p_start.shape[-1]
     outer = p_start.unsqueeze(-1) * p_end.unsqueeze(-2)  # (..., T, T)
     i = torch.arange(t, device=p_start.device)
@@ -61,6 +69,28 @@ def joint_matrix(p_start: torch.Tensor, p_end: torch.Tensor, max_len: int | torc
         else:
             keep = keep & (diff < int(max_len))
     return outer * keep
+
+
+def joint_matrix_np(p_start: np.ndarray, p_end: np.ndarray, max_len: int | None = None) -> np.ndarray:
+    """`joint_matrix` of one motion's (T,) numpy distributions: the same products in the same dtype."""
+    t = p_start.shape[-1]
+    i = np.arange(t)
+    diff = i[None, :] - i[:, None]  # (T, T): j - i
+    keep = diff >= 0
+    if max_len is not None:
+        keep &= diff < int(max_len)
+    return np.outer(p_start, p_end) * keep
+
+
+def decode_best_np(p_start: np.ndarray, p_end: np.ndarray, max_len: int | None = None) -> tuple[int, int, float]:
+    """`decode_best` of one motion in numpy: (start_idx, end_idx, p_se) of the float32 joint argmax, ties to
+    the smallest flat index (what `decode_best` returns for that row)."""
+    ps = np.asarray(p_start, dtype=np.float32).reshape(-1)
+    pe = np.asarray(p_end, dtype=np.float32).reshape(-1)
+    t = ps.shape[0]
+    flat = joint_matrix_np(ps, pe, max_len).reshape(-1)
+    a = int(np.argmax(flat))
+    return a // t, a % t, float(flat[a])
 
 
 def decode_best(p_start: torch.Tensor, p_end: torch.Tensor, max_len: int | torch.Tensor | None = None) -> DecodedBatch:
@@ -156,12 +186,12 @@ def decode_top(p_start: np.ndarray | torch.Tensor, p_end: np.ndarray | torch.Ten
     Exact: candidates are visited in descending joint probability (only a growing prefix is sorted), so the
     result equals NMS over all T (T + 1) / 2 pairs. Pairs with zero probability are never returned.
     """
-    ps = torch.as_tensor(p_start, dtype=torch.float64).reshape(-1)
-    pe = torch.as_tensor(p_end, dtype=torch.float64).reshape(-1)
-    t = ps.numel()
+    ps = np.asarray(p_start, dtype=np.float64).reshape(-1)  # numpy or a CPU tensor
+    pe = np.asarray(p_end, dtype=np.float64).reshape(-1)
+    t = ps.shape[0]
     if t == 0 or top_m < 1:
         return []
-    flat = joint_matrix(ps, pe, max_len).reshape(-1).numpy()  # (T*T,)
+    flat = joint_matrix_np(ps, pe, max_len).reshape(-1)  # (T*T,)
     n_pos = int((flat > 0).sum())
     if top_m == 1 or n_pos == 0:
         if n_pos == 0:

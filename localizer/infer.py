@@ -8,7 +8,8 @@
 `encode_motions` runs the query-independent part (Joint Recover, pooling, S-Enc) and returns one
 `EncodedMotion` (T x d float32 + duration) per motion, which an index can store and feed back later;
 `localize` runs the query-dependent part for one sentence against many motions in padded batches
-under `torch.inference_mode` and decodes exact top-m (start, end) pairs with temporal NMS.
+under `torch.inference_mode` and decodes exact top-m (start, end) pairs with temporal NMS
+(`localizer.outputs.decode_spans`, shared with the ONNX Runtime backend, localizer/onnx_infer.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,49 +24,18 @@ import torch
 
 from localizer.config import LocalizerConfig
 from localizer.data import pad_snippets, snippet_motion
-from localizer.decode import decode_best, decode_top, index_to_seconds, max_len_snippets
 from localizer.fingerprint import localizer_fingerprint, resolve_checkpoint
 from localizer.model import MLPLocalizer
+from localizer.outputs import (  # noqa: F401 (EncodedMotion, LocalizedSpan: re-exported)
+    EncodedMotion,
+    LocalizedSpan,
+    SpanDistributions,
+    check_max_span,
+    decode_spans,
+)
 from localizer.train import autocast, load_localizer, resolve_device
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EncodedMotion:
-    """Query-independent encoding of one motion: S-Enc output (T, d) float32 and the motion's duration
-    (`Motion.duration_s` = n_frames / fps; the T snippets span [0, duration_s])."""
-
-    features: np.ndarray
-    duration_s: float
-    motion_id: int | None = None
-
-    @property
-    def n_snippets(self) -> int:
-        return int(self.features.shape[0])
-
-
-@dataclass
-class LocalizedSpan:
-    """One located moment: seconds from the motion's start, snippet indices (inclusive end), p_se."""
-
-    start_s: float
-    end_s: float
-    p_se: float
-    start_idx: int
-    end_idx: int
-    motion_id: int | None = None
-
-
-@dataclass
-class SpanDistributions:
-    """Per motion: start / end distributions and highlight scores over its T snippets (numpy, float32)."""
-
-    p_start: np.ndarray
-    p_end: np.ndarray
-    highlight: np.ndarray
-    duration_s: float
-    motion_id: int | None = None
 
 
 class Localizer:
@@ -196,29 +165,9 @@ class Localizer:
         `max_span_s`: "learned" (default) applies the checkpoint's learned maximum span (`config.max_span`,
         none for checkpoints trained before it existed); a number is a limit in seconds; None = no limit.
         """
-        if isinstance(max_span_s, str) and max_span_s != "learned":
-            raise ValueError(f"max_span_s must be 'learned', a number of seconds or None, got {max_span_s!r}")
-        learned = self.config.max_span if max_span_s == "learned" else None
-        results: list[list[LocalizedSpan]] = []
-        for dist in self.distributions(text, motions, batch_size=batch_size):
-            t = dist.p_start.shape[0]
-            if max_span_s == "learned":
-                max_len = learned.max_len(t, dist.duration_s) if learned is not None else None
-            else:
-                max_len = max_len_snippets(max_span_s, t, dist.duration_s)
-            if top_m == 1:
-                dec = decode_best(torch.from_numpy(dist.p_start), torch.from_numpy(dist.p_end), max_len)
-                cands = [(int(dec.start_idx[0]), int(dec.end_idx[0]), float(dec.p_se[0]))]
-            else:
-                cands = [(c.start_idx, c.end_idx, c.p_se)
-                         for c in decode_top(dist.p_start, dist.p_end, top_m, nms_iou, max_len)]
-            spans = []
-            for i_s, i_e, p in cands:
-                t_s, t_e = index_to_seconds(i_s, i_e, t, dist.duration_s)
-                spans.append(LocalizedSpan(start_s=t_s, end_s=t_e, p_se=p, start_idx=i_s, end_idx=i_e,
-                                           motion_id=dist.motion_id))
-            results.append(spans)
-        return results
+        check_max_span(max_span_s)
+        return decode_spans(self.distributions(text, motions, batch_size=batch_size), top_m=top_m, nms_iou=nms_iou,
+                            max_span_s=max_span_s, learned=self.config.max_span)
 
     def localize_features(self, text: str, features: Sequence[np.ndarray], fps: float | Sequence[float] = 20.0,
                           motion_ids: Sequence[int | None] | None = None, **kwargs) -> list[list[LocalizedSpan]]:

@@ -64,8 +64,10 @@ def test_cli_and_http_print_the_same_moment_fields(pipeline, searcher):
     from engine.serve import create_app
 
     _, index, loc_run = pipeline
+    # --backend torch: the HTTP side's Searcher runs torch, and the fields are compared exactly (the onnx
+    # backend gives the same moments with scores equal to ~1e-6, tests/test_onnx_path.py)
     r = CliRunner().invoke(app, ["search", "kung fu pose", "--k", "6", "--limit", "4", "--index", str(index),
-                                 "--localizer", str(loc_run), "--json"])
+                                 "--localizer", str(loc_run), "--json", "--backend", "torch"])
     assert r.exit_code == 0, r.output
     cli = json.loads(r.stdout)
     with TestClient(create_app(searcher=searcher)) as c:

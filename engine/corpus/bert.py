@@ -117,6 +117,41 @@ def sentence_pipeline(path: str | os.PathLike) -> SentencePipeline | None:
     return SentencePipeline(max_length=max_length)
 
 
+class WordPiece:
+    """A BERT directory's tokenizer.json through `tokenizers` (no torch): the token ids every BERT backend
+    (plain torch here, ONNX Runtime in engine/corpus/bert_onnx.py) feeds its model."""
+
+    def __init__(self, tokenizer_json: str | os.PathLike, max_positions: int):
+        from tokenizers import Tokenizer
+
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        except Exception as e:  # the Rust tokenizer raises its own exception type
+            raise ModelError(str(tokenizer_json), f"cannot load the tokenizer: {e}") from e
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.max_positions = max_positions
+        special = {}
+        for name in ("[CLS]", "[SEP]", "[PAD]"):
+            tid = self.tokenizer.token_to_id(name)
+            if tid is None:
+                raise ModelError(str(tokenizer_json), f"the vocabulary has no {name} token")
+            special[name] = tid
+        self.cls_id, self.sep_id, self.pad_id = special["[CLS]"], special["[SEP]"], special["[PAD]"]
+
+    def token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
+        """[CLS] wordpieces [SEP], the wordpieces cut so that the whole fits in `max_length` (the
+        tokenizers' 'longest first' truncation of a single sequence)."""
+        if max_length < 2:
+            raise ValueError(f"max_length {max_length} leaves no room for [CLS] and [SEP]")
+        max_length = min(max_length, self.max_positions)
+        if len(texts) == 1:  # a query: no trip through the tokenizer's thread pool
+            encs = [self.tokenizer.encode(str(texts[0]), add_special_tokens=False)]
+        else:
+            encs = self.tokenizer.encode_batch([str(t) for t in texts], add_special_tokens=False)
+        return [[self.cls_id, *e.ids[: max_length - 2], self.sep_id] for e in encs]
+
+
 class BertModel:
     """A frozen BERT encoder: WordPiece via `tokenizers`, forward in plain torch (fp32, inference mode)."""
 
@@ -125,7 +160,6 @@ class BertModel:
     def __init__(self, path: str | os.PathLike, device: str = "cpu"):
         import torch
         from safetensors.torch import load_file
-        from tokenizers import Tokenizer
 
         p = Path(path)
         missing = [f for f in FILES if not (p / f).is_file()]
@@ -135,19 +169,9 @@ class BertModel:
         self.config = BertConfig.from_dict(_read_json(p / "config.json"), str(p / "config.json"))
         self.dim = self.config.hidden_size
         self.device = torch.device(device)
-        try:
-            self.tokenizer = Tokenizer.from_file(str(p / "tokenizer.json"))
-        except Exception as e:  # the Rust tokenizer raises its own exception type
-            raise ModelError(str(p / "tokenizer.json"), f"cannot load the tokenizer: {e}") from e
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
-        special = {}
-        for name in ("[CLS]", "[SEP]", "[PAD]"):
-            tid = self.tokenizer.token_to_id(name)
-            if tid is None:
-                raise ModelError(str(p / "tokenizer.json"), f"the vocabulary has no {name} token")
-            special[name] = tid
-        self.cls_id, self.sep_id, self.pad_id = special["[CLS]"], special["[SEP]"], special["[PAD]"]
+        self.wordpiece = WordPiece(p / "tokenizer.json", self.config.max_positions)
+        self.tokenizer = self.wordpiece.tokenizer
+        self.cls_id, self.sep_id, self.pad_id = self.wordpiece.cls_id, self.wordpiece.sep_id, self.wordpiece.pad_id
         try:
             raw = load_file(str(p / "model.safetensors"), device=str(self.device))
         except Exception as e:
@@ -183,16 +207,8 @@ class BertModel:
 
     # -- tokens -------------------------------------------------------------------------------------------
     def token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
-        """[CLS] wordpieces [SEP], the wordpieces cut so that the whole fits in `max_length` (the
-        tokenizers' 'longest first' truncation of a single sequence)."""
-        if max_length < 2:
-            raise ValueError(f"max_length {max_length} leaves no room for [CLS] and [SEP]")
-        max_length = min(max_length, self.config.max_positions)
-        if len(texts) == 1:  # a query: no trip through the tokenizer's thread pool
-            encs = [self.tokenizer.encode(str(texts[0]), add_special_tokens=False)]
-        else:
-            encs = self.tokenizer.encode_batch([str(t) for t in texts], add_special_tokens=False)
-        return [[self.cls_id, *e.ids[: max_length - 2], self.sep_id] for e in encs]
+        """`WordPiece.token_ids` (the encoder's tokens)."""
+        return self.wordpiece.token_ids(texts, max_length)
 
     def _pad(self, ids: list[list[int]]):
         import torch

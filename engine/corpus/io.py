@@ -110,14 +110,15 @@ def sha256_file(path: str | os.PathLike, keep_data: bool = False, block: int = 1
     """sha256 of a file, streamed in blocks; `keep_data` also returns the bytes read."""
     h = hashlib.sha256()
     n = 0
-    parts: list[bytes] = []
     with open(path, "rb") as fh:
+        if keep_data:  # one read into one buffer (joining blocks copied a 90 MB graph once more)
+            data = fh.read()
+            h.update(data)
+            return FileDigest(h.hexdigest(), len(data), data)
         while chunk := fh.read(block):
             h.update(chunk)
             n += len(chunk)
-            if keep_data:
-                parts.append(chunk)
-    return FileDigest(h.hexdigest(), n, b"".join(parts) if keep_data else None)
+    return FileDigest(h.hexdigest(), n, None)
 
 
 def load_weights(path: str | os.PathLike):

@@ -1,0 +1,129 @@
+"""The localizer's query-dependent part through ONNX Runtime, without torch: `OnnxLocalizer` answers the
+calls the Searcher makes of a `Localizer` (localize, distributions, texts_tokens, fingerprint) from the
+motions' cached query-independent encoding (the index's `motion_features.arrow`).
+
+The graph (exported by localizer/onnx_export.py) is `MLPLocalizer.localize`: cached motion features
+(B, T, d) + mask, token embeddings (B, N, text_dim) + mask -> p_start, p_end, highlight (B, T). Batching
+(sorted by length, padded) and decoding (`localizer.outputs.decode_spans`) are the torch Localizer's.
+Motions without a cached encoding cannot be localized here (S-Enc is not exported): `encode_motions`
+refuses, and the Searcher only takes this backend for an index that caches this localizer's encoding.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.corpus.types import ModelError
+from localizer.decode import MaxSpan
+from localizer.outputs import (
+    EncodedMotion,
+    LocalizedSpan,
+    SpanDistributions,
+    check_max_span,
+    decode_spans,
+    pad_rows,
+)
+
+INPUTS = ("motion", "motion_mask", "text", "text_mask")
+OUTPUTS = ("p_start", "p_end", "highlight")
+
+
+@dataclass(frozen=True)
+class OnnxLocalizerSpec:
+    """What the query path needs of a localizer checkpoint besides the graph (recorded at export, so that
+    the checkpoint itself, a torch file, is never read here)."""
+
+    sha256: str  # the checkpoint's (`localizer_fingerprint`)
+    variant: str
+    n_snippets: int
+    d_model: int
+    text_dim: int
+    text_encoder: str
+    max_tokens: int
+    max_span: MaxSpan | None
+
+    def to_dict(self) -> dict:
+        return {"sha256": self.sha256, "variant": self.variant, "n_snippets": self.n_snippets,
+                "d_model": self.d_model, "text_dim": self.text_dim, "text_encoder": self.text_encoder,
+                "max_tokens": self.max_tokens, "max_span": self.max_span.to_dict() if self.max_span else None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OnnxLocalizerSpec:
+        return cls(sha256=str(d["sha256"]), variant=str(d["variant"]), n_snippets=int(d["n_snippets"]),
+                   d_model=int(d["d_model"]), text_dim=int(d["text_dim"]), text_encoder=str(d["text_encoder"]),
+                   max_tokens=int(d["max_tokens"]), max_span=MaxSpan.from_dict(d.get("max_span")))
+
+
+class OnnxLocalizer:
+    """A localizer graph in an ONNX Runtime session, with a token encoder (`hidden(texts, max_length)`, e.g.
+    engine.corpus.bert_onnx.OnnxBert); same `localize` / `distributions` results as `Localizer`."""
+
+    def __init__(self, session, spec: OnnxLocalizerSpec, token_encoder, text_cache_size: int = 1024):
+        self.session = session
+        self.spec = spec
+        self.token_encoder = token_encoder
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._text_cache_size = text_cache_size
+
+    def fingerprint(self) -> str:
+        return self.spec.sha256
+
+    @property
+    def n_snippets(self) -> int:
+        return self.spec.n_snippets
+
+    def texts_tokens(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token embeddings (n_tokens, text_dim) of several sentences (LRU-cached), as `Localizer.texts_tokens`."""
+        keys = []
+        for text in texts:
+            if not text or not text.strip():
+                raise ValueError("empty query text")
+            keys.append(text.strip())
+        missing = sorted({k for k in keys if k not in self._text_cache})
+        if missing:
+            emb, mask = self.token_encoder.hidden(missing, self.spec.max_tokens)
+            for k, e, m in zip(missing, emb, mask):
+                self._text_cache[k] = np.asarray(e[m.astype(bool)], dtype=np.float32)
+        out = []
+        for k in keys:
+            self._text_cache.move_to_end(k)
+            out.append(self._text_cache[k])
+        while len(self._text_cache) > max(self._text_cache_size, len(set(keys))):
+            self._text_cache.popitem(last=False)
+        return out
+
+    def encode_motions(self, *args, **kwargs) -> list[EncodedMotion]:
+        raise ModelError(self.spec.sha256[:12], "the ONNX localizer has no motion encoder (S-Enc is not exported): "
+                                                "motions need the index's cached encoding; use --backend torch")
+
+    def distributions(self, text: str | Sequence[str], motions: Sequence[EncodedMotion],
+                      batch_size: int = 64) -> list[SpanDistributions]:
+        """Start / end / highlight distributions of one sentence (or one per motion) on each motion, in the
+        padded batches `Localizer.distributions` uses."""
+        texts = [text] * len(motions) if isinstance(text, str) else list(text)
+        if len(texts) != len(motions):
+            raise ValueError("distributions: one text, or one text per motion")
+        out: list[SpanDistributions | None] = [None] * len(motions)
+        order = sorted(range(len(motions)), key=lambda i: motions[i].n_snippets)
+        for k in range(0, len(order), batch_size):
+            chunk = order[k: k + batch_size]
+            m, m_mask = pad_rows([motions[i].features for i in chunk])
+            q, q_mask = pad_rows(self.texts_tokens([texts[i] for i in chunk]))
+            ps, pe, h = self.session.run(list(OUTPUTS), dict(zip(INPUTS, (m, m_mask, q, q_mask))))
+            for row, i in enumerate(chunk):
+                t = motions[i].n_snippets
+                out[i] = SpanDistributions(p_start=ps[row, :t], p_end=pe[row, :t], highlight=h[row, :t],
+                                           duration_s=motions[i].duration_s, motion_id=motions[i].motion_id)
+        return out  # type: ignore[return-value]
+
+    def localize(self, text: str | Sequence[str], motions: Sequence[EncodedMotion], top_m: int = 1,
+                 nms_iou: float = 0.5, max_span_s: float | str | None = "learned",
+                 batch_size: int = 64) -> list[list[LocalizedSpan]]:
+        """`Localizer.localize`: top-m moments of the sentence in each motion (the same decoding)."""
+        check_max_span(max_span_s)
+        return decode_spans(self.distributions(text, motions, batch_size=batch_size), top_m=top_m, nms_iou=nms_iou,
+                            max_span_s=max_span_s, learned=self.spec.max_span)

@@ -1,0 +1,99 @@
+"""What a localizer backend returns, and the one decoding of its distributions into moments; no torch.
+
+Both backends, the torch `Localizer` (localizer/infer.py) and the ONNX Runtime `OnnxLocalizer`
+(localizer/onnx_infer.py), compute `SpanDistributions` their own way and hand them to `decode_spans`, so
+the moments of a search come out of the same code whichever computed the distributions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from localizer.decode import MaxSpan, decode_best_np, decode_top, index_to_seconds, max_len_snippets
+
+
+@dataclass
+class EncodedMotion:
+    """Query-independent encoding of one motion: S-Enc output (T, d) float32 and the motion's duration
+    (`Motion.duration_s` = n_frames / fps; the T snippets span [0, duration_s])."""
+
+    features: np.ndarray
+    duration_s: float
+    motion_id: int | None = None
+
+    @property
+    def n_snippets(self) -> int:
+        return int(self.features.shape[0])
+
+
+@dataclass
+class LocalizedSpan:
+    """One located moment: seconds from the motion's start, snippet indices (inclusive end), p_se."""
+
+    start_s: float
+    end_s: float
+    p_se: float
+    start_idx: int
+    end_idx: int
+    motion_id: int | None = None
+
+
+@dataclass
+class SpanDistributions:
+    """Per motion: start / end distributions and highlight scores over its T snippets (numpy, float32)."""
+
+    p_start: np.ndarray
+    p_end: np.ndarray
+    highlight: np.ndarray
+    duration_s: float
+    motion_id: int | None = None
+
+
+def pad_rows(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack (T_i, ...) arrays into a zero-padded (B, T_max, ...) float32 array and its (B, T_max) bool mask
+    (`localizer.data.pad_snippets` without the tensors)."""
+    t_max = max(a.shape[0] for a in arrays)
+    out = np.zeros((len(arrays), t_max) + arrays[0].shape[1:], dtype=np.float32)
+    mask = np.zeros((len(arrays), t_max), dtype=bool)
+    for i, a in enumerate(arrays):
+        out[i, : a.shape[0]] = a
+        mask[i, : a.shape[0]] = True
+    return out, mask
+
+
+def check_max_span(max_span_s: float | str | None) -> None:
+    if isinstance(max_span_s, str) and max_span_s != "learned":
+        raise ValueError(f"max_span_s must be 'learned', a number of seconds or None, got {max_span_s!r}")
+
+
+def decode_spans(dists: Sequence[SpanDistributions], top_m: int = 1, nms_iou: float = 0.5,
+                 max_span_s: float | str | None = "learned",
+                 learned: MaxSpan | None = None) -> list[list[LocalizedSpan]]:
+    """Top-m moments (true (start, end) pairs, temporal NMS) of each motion's distributions.
+
+    `max_span_s`: "learned" applies `learned` (the checkpoint's learned maximum span; None: no limit); a
+    number is a limit in seconds; None = no limit.
+    """
+    check_max_span(max_span_s)
+    results: list[list[LocalizedSpan]] = []
+    for dist in dists:
+        t = dist.p_start.shape[0]
+        if max_span_s == "learned":
+            max_len = learned.max_len(t, dist.duration_s) if learned is not None else None
+        else:
+            max_len = max_len_snippets(max_span_s, t, dist.duration_s)
+        if top_m == 1:
+            cands = [decode_best_np(dist.p_start, dist.p_end, max_len)]
+        else:
+            cands = [(c.start_idx, c.end_idx, c.p_se)
+                     for c in decode_top(dist.p_start, dist.p_end, top_m, nms_iou, max_len)]
+        spans = []
+        for i_s, i_e, p in cands:
+            t_s, t_e = index_to_seconds(i_s, i_e, t, dist.duration_s)
+            spans.append(LocalizedSpan(start_s=t_s, end_s=t_e, p_se=p, start_idx=i_s, end_idx=i_e,
+                                       motion_id=dist.motion_id))
+        results.append(spans)
+    return results
