@@ -40,8 +40,8 @@ class ModelSet:
 
 
 MODEL_SETS: dict[str, ModelSet] = {
-    "default": ModelSet("default", MODELS_DIR / "retrieval-demo", MODELS_DIR / "localizer-demo",
-                        "trained on procedural motion only"),
+    "default": ModelSet("default", MODELS_DIR / "retrieval-mix", MODELS_DIR / "localizer-mix",
+                        "trained on Bandai Namco Research motion capture: CC BY-NC 4.0, non-commercial use only"),
     "synthetic": ModelSet("synthetic", MODELS_DIR / "retrieval-demo", MODELS_DIR / "localizer-demo",
                           "trained on procedural motion only"),
 }
