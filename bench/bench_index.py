@@ -11,12 +11,12 @@ FAISS's multi-threaded BLAS search path several times slower than the single-thr
 (2 shared cores, 64 queries over 150k x 256): 668 ms with 2 spinning threads, 83 ms with
 OMP_WAIT_POLICY=PASSIVE, 74 ms with one thread, versus 440-520 ms on the default non-BLAS path.
 
-The transformer is the shipped architecture (engine/models/retrieval-demo's config: d=128, 3 layers,
+The transformer is the synthetic model set's architecture (engine/models/retrieval-demo: d=128, 3 layers,
 4 heads, ff 1024; `--d-model` overrides), randomly initialised: speed does not depend on the weights.
 Its chunks are 10 s windows at 20 fps (200 frames), each encoded on its own.
 
 The window encoder (same d_model, defaults of RetrievalConfig's window_* fields, mean and attention
-pooling) is measured the way the index build runs it (`indexer.embed.embed_chunks`): seeded motions of
+pooling; the default model set's engine/models/retrieval-mix is this architecture with mean pooling) is measured the way the index build runs it (`indexer.embed.embed_chunks`): seeded motions of
 `--motion-s` seconds (default 10-120 s, uniform) chunked into 10 s windows every 1 s, each motion encoded
 once and all its chunks pooled. Its per-chunk cost depends on the motion lengths (about `stride_s` of
 new frames per chunk, plus the motion's last window); `window_direct` is the per-chunk slow path (each
@@ -223,7 +223,7 @@ def main() -> None:
 
 
 def _shipped_d_model() -> int:
-    cfg = Path(__file__).resolve().parents[1] / "engine/models/retrieval-demo/config.json"
+    cfg = Path(__file__).resolve().parents[1] / "engine/models/retrieval-mix/config.json"
     try:
         return int(json.loads(cfg.read_text())["model"]["d_model"])
     except (OSError, KeyError, ValueError):
