@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from engine.corpus.types import RequestError
+from engine.scoring import DEFAULT_LAM, PAPER, ScoreWeights
 
 MAX_QUERY_CHARS = 512
 MAX_K = 10_000
@@ -57,14 +58,16 @@ def _float_in(name: str, value: Any, lo: float, hi: float | None) -> float:
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """What to find and how. Score = p_se * exp(lam * r); see `engine.search`.
+    """What to find and how. Score = p_se ** gamma * exp(lam * r + mu * s); see `engine.scoring`.
 
     - `k`: motions retrieved by chunk similarity before localization (capped at the corpus size);
     - `limit`: moments returned; `top_m`: candidate moments per motion (temporal NMS at `nms_iou`);
     - `r_mode`: "moment" (the best chunk covering the moment; the default) or "motion" (the paper: the
       motion's best chunk);
-    - `score`: "paper" ranks by p_se * exp(lam * r); "fused" by p_se ** gamma * exp(lam * r), i.e.
-      lam * r + gamma * log p_se, with lam and gamma fitted on a validation split (docs/results.md);
+    - `score`: "paper" ranks by p_se * exp(lam * r) (lam default 5; gamma and mu are not used); "fused" by
+      p_se ** gamma * exp(lam * r + mu * s), s being the span's own similarity (its best-IoU window of the
+      index's window bank), with the weights fitted on a validation split (`score.json`, engine/scoring.py);
+      `lam`, `gamma`, `mu` given with "fused" override the fitted ones;
     - `dedup_iou`, `per_motion`: a moment that overlaps a better one of the same motion by IoU >= dedup_iou,
       or contains it or lies inside it, is dropped; at most `per_motion` moments per motion (0: no cap);
     - `prune`: exact top-n pruning (the result equals the exhaustive one); `use_cache`: reuse encoded
@@ -75,13 +78,14 @@ class SearchRequest:
 
     text: str
     k: int = 200
-    lam: float = 5.0
+    lam: float | None = None  # None: 5 for the paper's score, the fitted value for the fused one
     limit: int = 10
     top_m: int = 3
     nms_iou: float = 0.5
     r_mode: str = "moment"
     score: str = "paper"
-    gamma: float = 1.0
+    gamma: float | None = None
+    mu: float | None = None
     dedup_iou: float = 0.3
     per_motion: int = 2
     prune: bool = True
@@ -99,14 +103,20 @@ class SearchRequest:
         set_ = object.__setattr__  # frozen: normalise in place once
         set_(self, "text", validate_query(self.text))
         _int_in("k", self.k, 1, MAX_K)
-        set_(self, "lam", _float_in("lam", self.lam, 0.0, MAX_LAM))
+        if self.lam is None and self.score == "paper":
+            set_(self, "lam", DEFAULT_LAM)
+        if self.lam is not None:
+            set_(self, "lam", _float_in("lam", self.lam, 0.0, MAX_LAM))
         _int_in("limit", self.limit, 1, MAX_LIMIT)
         _int_in("top_m", self.top_m, 1, MAX_TOP_M)
         set_(self, "nms_iou", _float_in("nms_iou", self.nms_iou, 0.0, 1.0))
         _int_in("batch_size", self.batch_size, 1, 4096)
         if self.score not in SCORES:
             raise RequestError("score", f"must be one of {', '.join(SCORES)} (got {self.score!r})")
-        set_(self, "gamma", _float_in("gamma", self.gamma, 0.0, 10.0))
+        if self.gamma is not None:
+            set_(self, "gamma", _float_in("gamma", self.gamma, 0.0, 10.0))
+        if self.mu is not None:
+            set_(self, "mu", _float_in("mu", self.mu, 0.0, MAX_LAM))
         set_(self, "dedup_iou", _float_in("dedup_iou", self.dedup_iou, 0.0, 1.0))
         if self.per_motion != 0:
             _int_in("per_motion", self.per_motion, 1, MAX_TOP_M)
@@ -125,10 +135,15 @@ class SearchRequest:
                 raise RequestError(lo_name, f"{lo:g} is above {hi_name} {hi:g}")
 
     # ------------------------------------------------------------------ helpers
-    @property
-    def p_se_power(self) -> float:
-        """The exponent of p_se in the score: 1 for the paper's, gamma for the fused score."""
-        return 1.0 if self.score == "paper" else self.gamma
+    def weights(self, fitted: ScoreWeights | None = None) -> ScoreWeights:
+        """The score's weights: the paper's (lam, gamma 1, mu 0), or for "fused" the `fitted` ones (the
+        paper's when None) with this request's lam / gamma / mu where given."""
+        if self.score == "paper":
+            return ScoreWeights(lam=float(self.lam), gamma=1.0, mu=0.0)
+        base = fitted or PAPER
+        return ScoreWeights(lam=base.lam if self.lam is None else self.lam,
+                            gamma=base.gamma if self.gamma is None else self.gamma,
+                            mu=base.mu if self.mu is None else self.mu)
 
     @property
     def filters_motions(self) -> bool:

@@ -214,7 +214,8 @@ def test_no_near_duplicates_in_any_top10(searcher, score):
 
     for text in ("kung fu pose", "a person waves the right hand", "someone jumps", "a person walks forward"):
         req = SearchRequest(text, k=12, limit=10, top_m=5, score=score, gamma=0.5)
-        moments = searcher.search(req).moments
+        res = searcher.search(req)
+        moments = res.moments
         assert moments
         by_motion = {}
         for m in moments:
@@ -227,4 +228,7 @@ def test_no_near_duplicates_in_any_top10(searcher, score):
                     assert not (a.start_s <= b.start_s <= b.end_s <= a.end_s)
                     assert not (b.start_s <= a.start_s <= a.end_s <= b.end_s)
         if score == "fused":
-            assert all(m.score == pytest.approx(m.p_se ** 0.5 * math.exp(req.lam * m.r), rel=1e-6) for m in moments)
+            w = res.weights
+            assert w.gamma == 0.5
+            assert all(m.score == pytest.approx(m.p_se ** 0.5 * math.exp(w.lam * m.r + w.mu * (m.s or 0.0)), rel=1e-6)
+                       for m in moments)
