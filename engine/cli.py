@@ -639,7 +639,9 @@ def eval_cmr_cmd(
     k: list[int] = typer.Option([100, 200], "--k"),
     lam: list[float] = typer.Option([5.0, 10.0], "--lam"),
     gamma: list[float] = typer.Option([1.0], "--gamma", help="Powers of p_se, repeatable: 1 is the paper's score, "
-                                      "others the fused p_se ** gamma * exp(lam * r)."),
+                                      "others p_se ** gamma * exp(lam * r)."),
+    fused: bool = typer.Option(False, "--fused", help="Also rank by the fused score with the fitted weights "
+                               "(score.json beside the localizer; scripts/fit_score.py), for each --k and --r."),
     limit: int = typer.Option(100, "--limit"),
     max_queries: int | None = typer.Option(300, help="A seeded sample of the queries (None: all)."),
     localizer: Path | None = typer.Option(None, "--localizer"),
@@ -679,7 +681,7 @@ def eval_cmr_cmd(
                            localizer=localizer, device=device, sliding_window=sliding_window,
                            window_sizes_s=window_s, r_modes=r_mode, backend=backend, ray_address=ray_address,
                            ray_workers=ray_workers, progress=bar, label_key=label_key, queries_file=queries,
-                           gammas=gamma)
+                           gammas=gamma, fused=fused)
     except (CorpusError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
         fail(f"eval cmr: {e}")
     from eval.report import label_match_table

@@ -340,6 +340,16 @@ class Searcher:
         best = iou.max(axis=1, keepdims=True)
         return np.where(iou >= best - 1e-12, sims[None, :], -np.inf).max(axis=1)
 
+    def span_hits(self, query_vec: np.ndarray, motion_id: int, spans: Sequence, r_mode: str,
+                  windows: tuple[np.ndarray, np.ndarray] | None = None) -> list[SpanHit]:
+        """The localizer's spans of one motion as the Ranker takes them: with r_mode "moment" each span's own
+        chunk r (`moment_rs`), with `windows` (`window_sims` of the motion) its own bank similarity s."""
+        spans_s = np.array([[h.start_s, h.end_s] for h in spans], np.float64).reshape(-1, 2)
+        rs = self.moment_rs(query_vec, motion_id, spans_s) if r_mode == "moment" else [None] * len(spans)
+        ss = self.span_sims(*windows, spans_s) if windows is not None else [None] * len(spans)
+        return [SpanHit(h.start_s, h.end_s, h.p_se, None if r is None else float(r), None if v is None else float(v))
+                for h, r, v in zip(spans, rs, ss)]
+
     def clear_caches(self) -> None:
         """Forget encoded motions and labels (the next requests encode again)."""
         self._encoded.clear()
@@ -454,13 +464,9 @@ class Searcher:
                 req = reqs[qi]
                 mine = spans[at: at + len(ids)]
                 at += len(ids)
-                hits = []
-                for mid, row in zip(ids, mine):
-                    spans_s = np.array([[s.start_s, s.end_s] for s in row], np.float64).reshape(-1, 2)
-                    rs = self.moment_rs(qs[qi], mid, spans_s) if req.r_mode == "moment" else [None] * len(row)
-                    ss = self.span_sims(*windows[qi][mid], spans_s) if windows[qi] is not None else [None] * len(row)
-                    hits.append([SpanHit(s.start_s, s.end_s, s.p_se, None if r is None else float(r),
-                                         None if v is None else float(v)) for s, r, v in zip(row, rs, ss)])
+                wins = windows[qi]
+                hits = [self.span_hits(qs[qi], mid, row, req.r_mode, None if wins is None else wins[mid])
+                        for mid, row in zip(ids, mine)]
                 rankers[qi].add(ids, hits)
                 share = len(ids) / n  # each request is charged its share of the shared pass
                 timings[qi]["motion_encode"] += (t2 - t1) * share

@@ -141,3 +141,29 @@ def test_cached_bank_equals_embedding_on_first_use(bank_searcher, searcher):
     ra = sliding_window_cmr_rows(cached, bank_searcher.index, bank_searcher.retrieval, queries, k=8, limit=8)
     rb = sliding_window_cmr_rows(computed, searcher.index, searcher.retrieval, queries, k=8, limit=8)
     assert [(r.motion_id, r.start_s, r.end_s) for r in ra] == [(r.motion_id, r.start_s, r.end_s) for r in rb]
+
+
+def test_fit_reranks_exactly_as_the_searcher_and_picks_the_best(bank_searcher, tmp_path):
+    from engine.evaluate import detect_label_key, label_pool, split_queries
+    from eval import fitscore
+    from eval.labelmatch import evaluate_label_match
+
+    s = bank_searcher
+    annotations = {m: s.store.annotations(m) for m in s.motions}
+    key = detect_label_key(annotations)
+    assert key is not None
+    spans = label_pool(annotations, key)
+    _, queries, labels = split_queries(s.store, "train", 6, key)
+    assert labels
+    req = SearchRequest("fit", k=10, limit=20, batch_size=4)
+    cands = fitscore.collect(s, queries, req)
+    assert all(len(c.motion_ids) == 10 and max(c.s_max) <= 1.0 + 1e-6 for c in cands)
+    ws = fitscore.grid(lams=(0.0, 5.0), mus=(0.0, 10.0), gammas=(0.5, 1.0))
+    assert ws[0] == PAPER and len(ws) == 8
+    for w in (PAPER, ScoreWeights(lam=0.0, gamma=0.5, mu=10.0)):
+        assert fitscore.self_check(s, cands, w, req, n=6) == 0
+    rows = fitscore.fit(cands, labels, spans, req, ws)
+    assert [r.objective for r in rows] == sorted((r.objective for r in rows), reverse=True)
+    for r in rows[:2]:  # each row is the label match of the re-ranked lists
+        want = evaluate_label_match(fitscore.rows_for(cands, r.weights, req), labels, spans)
+        assert r.result.precision == want.precision and r.result.ndcg == want.ndcg
