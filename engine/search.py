@@ -2,14 +2,18 @@
 
 `Searcher(index).search(SearchRequest("kung fu pose", k=200, lam=5.0, limit=10))` is the one function the
 CLI, HTTP, evaluation, Ray and the benches call; `load_searcher` is the one way they open it. The ranking
-score of a moment is `p_se * exp(lam * r)` where `p_se` is the localizer's joint start/end probability and
-`r` the retrieval similarity: the motion's best chunk (the paper, `r_mode="motion"`) or the best chunk that
-covers the moment (`r_mode="moment"`, never above the motion's).
+score of a moment (engine/scoring.py) is the paper's `p_se * exp(lam * r)` (`score="paper"`, the default)
+or the fused `p_se ** gamma * exp(lam * r + mu * s)` (`score="fused"`, weights fitted on val, score.json),
+where `p_se` is the localizer's joint start/end probability, `r` the retrieval similarity of 10 s chunks: the
+motion's best chunk (the paper, `r_mode="motion"`) or the best chunk that covers the moment
+(`r_mode="moment"`, never above the motion's), and `s` the moment's own similarity: the window of the
+index's window bank (indexer/bank.py; its chunks when it has none) with the best IoU to the span.
 
-Exact top-n pruning: because `p_se <= 1` and a moment's r is at most its motion's, a motion whose
-`exp(lam * r)` is below the n-th best score found so far cannot enter the top n. Motions are localized in
-order of decreasing r, in batches, and the loop stops when no remaining motion can enter. The result
-equals localizing all k motions (oracle test).
+Exact top-n pruning: every motion has an upper bound on its moments' scores, `exp(lam * r + mu * s_max)`
+(p_se <= 1, a moment's r at most its motion's, s at most the motion's best window s_max, a dot product per
+bank window before any localization). Motions are localized in order of decreasing bound, in batches, and
+the loop stops when no remaining motion can enter the top n. The result equals localizing all k motions
+(oracle tests).
 """
 
 from __future__ import annotations
@@ -326,8 +330,7 @@ class Searcher:
     def window_sims(self, query_vec: np.ndarray, motion_id: int) -> tuple[np.ndarray, np.ndarray]:
         """((W, 2) [start_s, end_s], (W,) similarity to `query_vec`) of the motion's window bank (its chunks
         and the index's cached 2/4/6 s windows; only the chunks when the index has no bank)."""
-        spans, vecs = self.index.motion_windows(motion_id)
-        return spans, vecs @ np.asarray(query_vec, np.float32)
+        return self.index.motion_window_sims(motion_id, query_vec)
 
     @staticmethod
     def span_sims(windows: np.ndarray, sims: np.ndarray, spans_s: np.ndarray) -> np.ndarray:

@@ -162,22 +162,38 @@ class ChunkIndex:
         """Whether this version has a window bank (`windows.arrow`, indexer/bank.py)."""
         return WINDOWS in self.manifest.files
 
+    def _bank_range(self, motion_id: int) -> tuple[int, int]:
+        """Rows [a, b) of the motion in the bank (rows are grouped by motion); (0, 0) when it has none."""
+        if not self.has_bank:
+            return 0, 0
+        if self._bank_rows is None:
+            ids = self.bank().motion_ids
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
+            ends = np.r_[starts[1:], len(ids)]
+            self._bank_rows = {int(ids[a]): (int(a), int(b)) for a, b in zip(starts, ends)}
+        return self._bank_rows.get(int(motion_id), (0, 0))
+
     def motion_windows(self, motion_id: int) -> tuple[np.ndarray, np.ndarray]:
         """((W, 2) [start_s, end_s], (W, d) unit embeddings) of a motion's window bank: its chunks, then the
         bank's extra windows (only the chunks when the version has no bank)."""
         spans, vecs = self.motion_chunks(motion_id)
-        if not self.has_bank:
-            return spans, vecs
-        bank = self.bank()
-        if self._bank_rows is None:
-            ids = bank.motion_ids
-            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
-            ends = np.r_[starts[1:], len(ids)]
-            self._bank_rows = {int(ids[a]): (int(a), int(b)) for a, b in zip(starts, ends)}
-        a, b = self._bank_rows.get(int(motion_id), (0, 0))
+        a, b = self._bank_range(motion_id)
         if a == b:
             return spans, vecs
+        bank = self.bank()
         return np.concatenate([spans, bank.spans_s[a:b]]), np.concatenate([vecs, bank.vectors[a:b]])
+
+    def motion_window_sims(self, motion_id: int, query_vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """((W, 2) [start_s, end_s], (W,) similarity to `query_vec`) of the windows `motion_windows` lists, in
+        its order, without copying the vectors."""
+        q = np.asarray(query_vec, np.float32)
+        spans, vecs = self.motion_chunks(motion_id)
+        sims = vecs @ q
+        a, b = self._bank_range(motion_id)
+        if a == b:
+            return spans, sims
+        bank = self.bank()
+        return np.concatenate([spans, bank.spans_s[a:b]]), np.concatenate([sims, bank.vectors[a:b] @ q])
 
     def bank(self) -> BankRows:
         """The window bank's extra windows (memory-mapped); empty for a version without a bank."""

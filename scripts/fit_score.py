@@ -5,7 +5,7 @@
         [--report docs/results/scoring/demo.json]
 
 1. The queries of `--split` (every annotation, or a seeded `--max-queries` sample) are localized once over
-   their top-k motions (eval/fitscore.py); every (lam, gamma, mu) of the grid re-ranks them with the
+   their top-k motions (engine/fitscore.py); every (lam, gamma, mu) of the grid re-ranks them with the
    engine's Ranker and is scored by label match; the best mean of P@10 and nDCG@10 wins (ties: the paper).
 2. The Searcher itself, with the chosen weights, must return exactly the re-ranked lists (self-check).
 3. score.json (engine/scoring.py) is written beside the localizer (or `--out`), naming the localizer and
@@ -49,9 +49,9 @@ def compare_methods(searcher, queries, labels, spans, req, fused_w, progress=Non
     """Label match of paper, fused, sliding windows and retrieval only on one query set, and the paired
     bootstrap of paper and fused against every other method."""
     from engine.evaluate import retrieval_only_rows, sliding_window_cmr_rows
+    from engine.fitscore import collect, rows_for
     from engine.scoring import PAPER
     from engine.windows import WindowBank
-    from eval.fitscore import collect, rows_for
     from eval.labelmatch import compare, evaluate_label_match
 
     t0 = time.perf_counter()
@@ -99,11 +99,11 @@ def main(argv=None) -> int:
     if args.split == "test" or args.split == args.test_split:
         ap.error("fit on a validation split, never on the split you report (--split val)")
 
+    from engine import fitscore
     from engine.evaluate import detect_label_key, label_pool, read_labelled_queries, split_queries
     from engine.request import SearchRequest
     from engine.scoring import PAPER, FittedScore
     from engine.search import Searcher
-    from eval import fitscore
     from eval.labelmatch import compare
 
     searcher = Searcher(args.index, localizer=args.localizer, device=args.device)

@@ -427,3 +427,14 @@ def test_window_bank_is_checksummed_and_checked(corpus, model, tmp_path):
     del man["files"]["windows.arrow"]
     (vdir / "manifest.json").write_text(json.dumps(man))
     assert any("windows.arrow" in p for p in verify(tmp_path / "idx").problems)
+
+
+def test_window_sims_equal_the_windows_times_the_query(corpus, model, tmp_path):
+    build_index(corpus, tmp_path / "idx", model, BANK)
+    index = open_index(tmp_path / "idx")
+    q = _queries(1)[0]
+    for mid in index.motions:
+        spans, vecs = index.motion_windows(mid)
+        s2, sims = index.motion_window_sims(mid, q)
+        np.testing.assert_array_equal(spans, s2)
+        np.testing.assert_allclose(sims, vecs @ q, atol=1e-6)

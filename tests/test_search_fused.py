@@ -144,8 +144,8 @@ def test_cached_bank_equals_embedding_on_first_use(bank_searcher, searcher):
 
 
 def test_fit_reranks_exactly_as_the_searcher_and_picks_the_best(bank_searcher, tmp_path):
+    from engine import fitscore
     from engine.evaluate import detect_label_key, label_pool, split_queries
-    from eval import fitscore
     from eval.labelmatch import evaluate_label_match
 
     s = bank_searcher
