@@ -64,7 +64,8 @@ PAPER = ScoreWeights()
 
 @dataclass
 class FittedScore:
-    """Weights of the fused score and what they were fitted for (the content of `score.json`)."""
+    """Weights of the fused score and what they were fitted for: one variant of `score.json`, which holds one
+    per (localizer, retrieval model, window bank or chunks only)."""
 
     weights: ScoreWeights
     localizer_sha256: str
@@ -73,26 +74,36 @@ class FittedScore:
     fit: dict[str, Any] = field(default_factory=dict)  # split, queries, metric, grid, the table of the fit
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "fused-score", "weights": asdict(self.weights), "localizer_sha256": self.localizer_sha256,
+        return {"weights": asdict(self.weights), "localizer_sha256": self.localizer_sha256,
                 "retrieval_fingerprint": self.retrieval_fingerprint, "window_bank": self.window_bank,
                 "fit": self.fit}
 
-    def write(self, path: str | Path) -> None:
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+    def same_models(self, other: FittedScore) -> bool:
+        return (self.localizer_sha256, self.retrieval_fingerprint, self.window_bank) == \
+            (other.localizer_sha256, other.retrieval_fingerprint, other.window_bank)
 
-    @classmethod
-    def read(cls, path: str | Path) -> FittedScore:
+    def write(self, path: str | Path) -> None:
+        """Add this variant to `path` (replacing one fitted for the same models and bank setting)."""
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-            if not isinstance(d, dict) or d.get("kind") != "fused-score":
-                raise ValueError("not a fused-score file")
-            return cls(weights=ScoreWeights(**d["weights"]), localizer_sha256=str(d["localizer_sha256"]),
-                       retrieval_fingerprint=str(d["retrieval_fingerprint"]), window_bank=bool(d["window_bank"]),
-                       fit=dict(d.get("fit") or {}))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ModelError(str(path), f"unreadable fused-score weights ({e}); re-fit them with "
-                                        "scripts/fit_score.py") from e
+        old = read_fitted(path) if path.is_file() else []
+        variants = [v for v in old if not v.same_models(self)] + [self]
+        atomic_write_text(path, json.dumps({"kind": "fused-score", "variants": [v.to_dict() for v in variants]},
+                                           indent=2, sort_keys=True) + "\n")
+
+
+def read_fitted(path: str | Path) -> list[FittedScore]:
+    """Every variant of a `score.json`."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+        if not isinstance(d, dict) or d.get("kind") != "fused-score" or not isinstance(d.get("variants"), list):
+            raise ValueError("not a fused-score file")
+        return [FittedScore(weights=ScoreWeights(**v["weights"]), localizer_sha256=str(v["localizer_sha256"]),
+                            retrieval_fingerprint=str(v["retrieval_fingerprint"]), window_bank=bool(v["window_bank"]),
+                            fit=dict(v.get("fit") or {})) for v in d["variants"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelError(str(path), f"unreadable fused-score weights ({e}); re-fit them with "
+                                    "scripts/fit_score.py") from e
 
 
 def score_file_for(localizer_path: str | Path) -> Path:
@@ -103,17 +114,22 @@ def score_file_for(localizer_path: str | Path) -> Path:
 
 def load_fitted(path: str | Path | None, localizer_sha256: str, retrieval_fingerprint: str,
                 has_bank: bool) -> tuple[ScoreWeights, str]:
-    """(the fused score's weights, where they come from). Fitted weights are used only for the localizer and
-    retrieval model they were fitted with; otherwise (or with no file) the paper's weights, with a warning
-    when a file was there."""
+    """(the fused score's weights, where they come from): the variant of `path` fitted for this localizer and
+    retrieval model, with a window bank if the index has one (else chunks only); failing that the other bank
+    setting's, with a warning; with none for these models (or no file), the paper's weights."""
     if path is None or not Path(path).is_file():
         return PAPER, "paper (no fitted weights)"
-    fitted = FittedScore.read(path)
-    if fitted.localizer_sha256 != localizer_sha256 or fitted.retrieval_fingerprint != retrieval_fingerprint:
+    mine = [v for v in read_fitted(path)
+            if v.localizer_sha256 == localizer_sha256 and v.retrieval_fingerprint == retrieval_fingerprint]
+    if not mine:
         log.warning("%s: fitted for another localizer or retrieval model; the fused score uses the paper's "
                     "weights (re-fit with scripts/fit_score.py)", path)
         return PAPER, "paper (fitted weights are for other models)"
-    if fitted.window_bank and not has_bank and fitted.weights.uses_span:
-        log.warning("%s: fitted with a window bank, but this index has none (build it with --window-bank); "
-                    "the span similarity comes from the 10 s chunks", path)
-    return fitted.weights, str(path)
+    exact = [v for v in mine if v.window_bank == has_bank]
+    if exact:
+        return exact[0].weights, f"{path} ({'window bank' if has_bank else 'chunks only'})"
+    v = mine[0]
+    log.warning("%s: fitted %s, but this index has %s; using those weights (re-fit with scripts/fit_score.py, "
+                "or build the index %s)", path, "with a window bank" if v.window_bank else "on chunks only",
+                "one" if has_bank else "none", "without --window-bank" if has_bank else "with --window-bank")
+    return v.weights, f"{path} ({'window bank' if v.window_bank else 'chunks only'}, other bank setting)"

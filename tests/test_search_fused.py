@@ -109,9 +109,18 @@ def test_fitted_weights_are_loaded_only_for_their_models(bank_index, pipeline, t
     assert over.weights == ScoreWeights(lam=2.0, gamma=0.5, mu=0.0)
     paper = fitted.search(SearchRequest("someone jumps", k=12, limit=5))
     assert paper.weights == PAPER and all(m.s is None for m in paper.moments)
+    # A chunks-only variant for the same models: the bank index keeps its bank variant, and writing the
+    # same variant again replaces it.
+    w2 = ScoreWeights(lam=3.0, gamma=1.0, mu=1.0)
+    FittedScore(w2, s.localizer_fingerprint, s.index.manifest.model_fingerprint, window_bank=False).write(path)
+    FittedScore(w, s.localizer_fingerprint, s.index.manifest.model_fingerprint, window_bank=True).write(path)
+    assert len(json.loads(path.read_text())["variants"]) == 2
+    assert Searcher(bank_index, localizer=pipeline[2], score_file=path).fused_weights == w
+    assert Searcher(pipeline[1], localizer=pipeline[2], score_file=path).fused_weights == w2  # no bank there
     # Fitted for another retrieval model: the paper's weights, with a warning.
     d = json.loads(path.read_text())
-    d["retrieval_fingerprint"] = "0" * 64
+    for v in d["variants"]:
+        v["retrieval_fingerprint"] = "0" * 64
     path.write_text(json.dumps(d))
     with caplog.at_level(logging.WARNING):
         other = Searcher(bank_index, localizer=pipeline[2], score_file=path)
