@@ -64,10 +64,11 @@ class SearchRequest:
     - `limit`: moments returned; `top_m`: candidate moments per motion (temporal NMS at `nms_iou`);
     - `r_mode`: "moment" (the best chunk covering the moment; the default) or "motion" (the paper: the
       motion's best chunk);
-    - `score`: "paper" ranks by p_se * exp(lam * r) (lam default 5; gamma and mu are not used); "fused" by
+    - `score`: "fused" (the default: it beats the paper's on val, docs/results/scoring.md) ranks by
       p_se ** gamma * exp(lam * r + mu * s), s being the span's own similarity (its best-IoU window of the
-      index's window bank), with the weights fitted on a validation split (`score.json`, engine/scoring.py);
-      `lam`, `gamma`, `mu` given with "fused" override the fitted ones;
+      index's window bank), with the weights fitted on a validation split (`score.json`, engine/scoring.py;
+      the paper's weights when none fit the models); `lam`, `gamma`, `mu` given override the fitted ones.
+      "paper" ranks by p_se * exp(lam * r) (lam default 5; gamma and mu are not used);
     - `dedup_iou`, `per_motion`: a moment that overlaps a better one of the same motion by IoU >= dedup_iou,
       or contains it or lies inside it, is dropped; at most `per_motion` moments per motion (0: no cap);
     - `prune`: exact top-n pruning (the result equals the exhaustive one); `use_cache`: reuse encoded
@@ -83,7 +84,7 @@ class SearchRequest:
     top_m: int = 3
     nms_iou: float = 0.5
     r_mode: str = "moment"
-    score: str = "paper"
+    score: str = "fused"
     gamma: float | None = None
     mu: float | None = None
     dedup_iou: float = 0.3

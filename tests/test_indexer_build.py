@@ -75,7 +75,7 @@ def test_flat_search_equals_brute_force(corpus, model, tmp_path):
     rep = build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS)
     n_chunks = sum(len(plan_chunks(0, n, fps)) for n, fps in LENGTHS)
     assert rep.n_chunks == n_chunks and rep.n_motions == len(LENGTHS) and rep.n_embedded == n_chunks
-    assert rep.recall.recall == 1.0 and rep.stages_run == ["plan", "chunk", "embed", "write", "publish"]
+    assert rep.recall.recall == 1.0 and rep.stages_run == ["plan", "chunk", "embed", "bank", "write", "publish"]
     index = open_index(tmp_path / "idx")
     import faiss
 
@@ -372,8 +372,10 @@ def test_window_bank_holds_every_window_embedded_on_its_own(corpus, model, tmp_p
     assert verify(tmp_path / "idx").ok
 
 
-def test_window_bank_is_off_by_default_for_the_transformer(corpus, model, tmp_path):
-    build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS)
+def test_window_bank_on_by_default_auto_only_for_the_window_encoder(corpus, model, tmp_path):
+    assert IndexConfig().window_bank is True
+    assert IndexConfig.from_dict({"kind": "flat"}).window_bank is False  # a manifest from before the bank
+    build_index(corpus, tmp_path / "idx", model, IndexConfig(block_chunks=32, window_bank=None))  # auto
     index = open_index(tmp_path / "idx")
     assert not index.has_bank and index.manifest.config["window_bank"] is False
     spans, _ = index.motion_windows(3)
