@@ -193,8 +193,8 @@ class LikeRequest:
       it against the motion once the corpus is known);
     - `k`: motions retrieved by chunk similarity to the span's embedding (capped at the corpus size);
     - `refine`: of these, the best `refine` (by r) are represented by their 10 s chunks and their short
-      windows, the others by their chunks alone (embedding short windows costs ~1 s per motion on one CPU
-      thread the first time a motion is seen; they are cached);
+      windows, the others by their chunks alone (the short windows are read from the index's window bank;
+      an index without one embeds them, ~1 s per motion on one CPU thread the first time, then cached);
     - `limit`, `dedup_iou`, `per_motion`: as in `SearchRequest`;
     - `include_self`: also return moments of the example's own motion (never the example itself: a
       moment of that motion overlapping it by IoU >= `self_iou` is always left out).

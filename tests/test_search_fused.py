@@ -16,8 +16,7 @@ from engine.scoring import PAPER, FittedScore, ScoreWeights
 TEXTS = ("kung fu pose", "a person waves the right hand", "someone jumps", "a person walks forward")
 
 
-@pytest.fixture(scope="module")
-def bank_index(pipeline, tmp_path_factory):
+def _build(pipeline, tmp_path_factory, bank: bool):
     from engine.home import localizer_feature_fn
     from indexer.build import build_index
     from indexer.config import IndexConfig
@@ -27,10 +26,28 @@ def bank_index(pipeline, tmp_path_factory):
     corpus, index, loc_run = pipeline
     model = RetrievalModel.load(next(index.glob("versions/*/model.pt")))
     fn, tag = localizer_feature_fn(loc_run)
-    out = tmp_path_factory.mktemp("bank") / "index"
-    build_index(corpus, out, model, IndexConfig(window_bank=True), motion_feature_fn=fn, motion_feature_tag=tag,
+    out = tmp_path_factory.mktemp("bank" if bank else "plain") / "index"
+    build_index(corpus, out, model, IndexConfig(window_bank=bank), motion_feature_fn=fn, motion_feature_tag=tag,
                 localizer=LocalizerRef(str(loc_run), tag))
     return out
+
+
+@pytest.fixture(scope="module")
+def bank_index(pipeline, tmp_path_factory):
+    return _build(pipeline, tmp_path_factory, bank=True)
+
+
+@pytest.fixture(scope="module")
+def plain_index(pipeline, tmp_path_factory):
+    """The same index without a window bank (`--no-window-bank`)."""
+    return _build(pipeline, tmp_path_factory, bank=False)
+
+
+@pytest.fixture(scope="module")
+def plain_searcher(plain_index, pipeline):
+    from engine.search import Searcher
+
+    return Searcher(plain_index, localizer=pipeline[2])
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +110,7 @@ def test_s_is_the_best_iou_bank_window_by_brute_force(bank_searcher):
         assert m.s <= max(sims) + 1e-4
 
 
-def test_fitted_weights_are_loaded_only_for_their_models(bank_index, pipeline, tmp_path, caplog):
+def test_fitted_weights_are_loaded_only_for_their_models(bank_index, plain_index, pipeline, tmp_path, caplog):
     from engine.search import Searcher
 
     s = Searcher(bank_index, localizer=pipeline[2])
@@ -107,7 +124,8 @@ def test_fitted_weights_are_loaded_only_for_their_models(bank_index, pipeline, t
     assert res.weights == w and res.to_dict()["mu"] == 7.0 and res.lam == 2.0
     over = fitted.search(SearchRequest("someone jumps", k=12, limit=5, score="fused", mu=0.0))
     assert over.weights == ScoreWeights(lam=2.0, gamma=0.5, mu=0.0)
-    paper = fitted.search(SearchRequest("someone jumps", k=12, limit=5))
+    paper = fitted.search(SearchRequest("someone jumps", k=12, limit=5, score="paper"))
+    assert SearchRequest("x").score == "fused"  # the default
     assert paper.weights == PAPER and all(m.s is None for m in paper.moments)
     # A chunks-only variant for the same models: the bank index keeps its bank variant, and writing the
     # same variant again replaces it.
@@ -116,7 +134,7 @@ def test_fitted_weights_are_loaded_only_for_their_models(bank_index, pipeline, t
     FittedScore(w, s.localizer_fingerprint, s.index.manifest.model_fingerprint, window_bank=True).write(path)
     assert len(json.loads(path.read_text())["variants"]) == 2
     assert Searcher(bank_index, localizer=pipeline[2], score_file=path).fused_weights == w
-    assert Searcher(pipeline[1], localizer=pipeline[2], score_file=path).fused_weights == w2  # no bank there
+    assert Searcher(plain_index, localizer=pipeline[2], score_file=path).fused_weights == w2  # no bank there
     # Fitted for another retrieval model: the paper's weights, with a warning.
     d = json.loads(path.read_text())
     for v in d["variants"]:
@@ -132,9 +150,10 @@ def test_fitted_weights_are_loaded_only_for_their_models(bank_index, pipeline, t
         Searcher(bank_index, localizer=pipeline[2], score_file=tmp_path / "nope.json")
 
 
-def test_cached_bank_equals_embedding_on_first_use(bank_searcher, searcher):
+def test_cached_bank_equals_embedding_on_first_use(bank_searcher, plain_searcher):
     """The sliding-window baseline's WindowBank reads the index's bank; without one it embeds the same
-    windows itself (the pipeline index has no bank): same windows, same vectors, same baseline rows."""
+    windows itself: same windows, same vectors, same baseline rows."""
+    searcher = plain_searcher
     from engine.evaluate import sliding_window_cmr_rows
     from engine.windows import WindowBank
 
