@@ -151,8 +151,11 @@ def test_localize_and_cmr_evaluation_jobs(pipeline, tmp_path):
     assert {p.name for p in (tmp_path / "loc").iterdir()} >= {"metrics.json", "truth.jsonl", "run-mlp.jsonl"}
 
     res = cmr_eval(index, tmp_path / "cmr", split="train", ks=(6,), lams=(5.0,), limit=10, max_queries=4,
-                   localizer=loc_run)
+                   localizer=loc_run, fused=True)
     assert [r.setting for r in res.results][-2:] == ["Retrieval only (best 10 s chunk)", "Sliding windows k=6"]
+    # The fused run (no score.json for this localizer: the paper's weights, so the same moments).
+    assert [r.setting for r in res.results][1] == "MLP k=6, fused λ=5 γ=1 μ=0"
+    assert read_run(res.runs["mlp-k6-fused"]).by_query() == read_run(res.runs["mlp-k6-lam5"]).by_query()
     for r in res.results:
         assert r.n_queries == 4 and all(0.0 <= v <= 1.0 for per in r.recall.values() for v in per.values())
     run = read_run(res.runs["mlp-k6-lam5"])
