@@ -74,7 +74,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--k", type=int, default=200)
-    ap.add_argument("--lam", type=float, default=5.0)
+    ap.add_argument("--lam", type=float, default=None, help="default 5 (paper), the fitted value (fused)")
+    ap.add_argument("--score", default="paper", choices=["paper", "fused"], help="as engine search --score")
+    ap.add_argument("--localizer", default=None, help="default: the index's (its score.json for --score fused)")
     ap.add_argument("--limit", type=int, default=10)
     ap.add_argument("--naive-queries", type=int, default=None, help="queries for the naive pipeline (default all)")
     ap.add_argument("--device", default="cpu")
@@ -88,11 +90,12 @@ def main() -> None:
     from engine.search import Searcher
 
     corpus, index = prepare(args)
-    ours = Searcher(index, device=args.device)
-    naive = Searcher(index, device=args.device, use_motion_cache=False)
+    ours = Searcher(index, localizer=args.localizer, device=args.device)
+    naive = Searcher(index, localizer=args.localizer, device=args.device, use_motion_cache=False)
     queries = (QUERIES * (1 + args.queries // len(QUERIES)))[: args.queries]
-    base = SearchRequest(queries[0], k=args.k, lam=args.lam, limit=args.limit, r_mode=args.r)
-    ours.search(base)  # warm up (text model, FAISS pages)
+    base = SearchRequest(queries[0], k=args.k, lam=args.lam, limit=args.limit, r_mode=args.r, score=args.score)
+    weights = ours.search(base).weights  # warm up (text model, FAISS pages)
+    args.lam = weights.lam
 
     def run(searcher, qs, naive_mode):
         lat, stages, tops, localized = [], {}, [], []
@@ -114,13 +117,15 @@ def main() -> None:
     r_naive, tops_naive = run(naive, queries[:nq], True)
     same = sum(a == b for a, b in zip(tops_ours, tops_naive))
     out = {"corpus": str(ours.store.dir), "index": str(index), "r": args.r, "motions": len(ours.motions), "chunks": len(ours.index),
-           "k": args.k, "lam": args.lam, "limit": args.limit, "queries": len(queries), "naive_queries": nq,
+           "k": args.k, "lam": args.lam, "score": args.score, "weights": dataclasses.asdict(weights),
+           "limit": args.limit, "queries": len(queries), "naive_queries": nq,
            "device": args.device, "torch_threads": torch.get_num_threads(), "ours": r_ours, "naive": r_naive,
            "top10_identical": f"{same}/{nq}", "speedup_p50": r_naive["p50_s"] / r_ours["p50_s"]}
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    print(f"{out['motions']} motions, {out['chunks']} chunks, k={args.k}, lambda={args.lam:g}, top-{args.limit}")
+    print(f"{out['motions']} motions, {out['chunks']} chunks, k={args.k}, {args.score} score {weights}, "
+          f"top-{args.limit}")
     for name, r in (("ours", r_ours), ("naive", r_naive)):
         st = ", ".join(f"{kk} {1000 * v:.0f} ms" for kk, v in r["stages_mean_s"].items())
         print(f"{name:6s} p50 {1000 * r['p50_s']:.0f} ms  p95 {1000 * r['p95_s']:.0f} ms  "

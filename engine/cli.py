@@ -686,7 +686,9 @@ def eval_cmr_cmd(
     k: list[int] = typer.Option([100, 200], "--k"),
     lam: list[float] = typer.Option([5.0, 10.0], "--lam"),
     gamma: list[float] = typer.Option([1.0], "--gamma", help="Powers of p_se, repeatable: 1 is the paper's score, "
-                                      "others the fused p_se ** gamma * exp(lam * r)."),
+                                      "others p_se ** gamma * exp(lam * r)."),
+    fused: bool = typer.Option(False, "--fused", help="Also rank by the fused score with the fitted weights "
+                               "(score.json beside the localizer; scripts/fit_score.py), for each --k and --r."),
     limit: int = typer.Option(100, "--limit"),
     max_queries: int | None = typer.Option(300, help="A seeded sample of the queries (None: all)."),
     localizer: Path | None = typer.Option(None, "--localizer"),
@@ -728,7 +730,7 @@ def eval_cmr_cmd(
                            localizer=localizer, device=device, sliding_window=sliding_window,
                            window_sizes_s=window_s, r_modes=r_mode, backend=backend, ray_address=ray_address,
                            ray_workers=ray_workers, progress=bar, label_key=label_key, queries_file=queries,
-                           gammas=gamma, relevance=relevance)
+                           gammas=gamma, relevance=relevance, fused=fused)
     except (CorpusError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
         fail(f"eval cmr: {e}")
     from eval.report import label_match_table
@@ -985,7 +987,8 @@ def search_cmd(
     query: str | None = typer.Argument(None, help='What to find, e.g. "kung fu pose".'),
     k: int = typer.Option(DEFAULT_REQUEST.k, "--k", help="Motions retrieved before localization (top-k by chunk "
                           "similarity)."),
-    lam: float = typer.Option(DEFAULT_REQUEST.lam, "--lam", help="Score = p_se * exp(lam * r)."),
+    lam: float | None = typer.Option(None, "--lam", help="Score = p_se * exp(lam * r) (default 5; with --score "
+                                     "fused, the fitted value)."),
     limit: int = typer.Option(DEFAULT_REQUEST.limit, "--limit", "-n", help="Moments to return."),
     index: Path | None = typer.Option(None, "--index", help="Index directory (default: the built-in corpus's)."),
     localizer: Path | None = typer.Option(None, "--localizer", help="Localizer run dir (default: the index's)."),
@@ -1001,9 +1004,11 @@ def search_cmd(
     no_prune: bool = typer.Option(False, "--no-prune", help="Localize all k motions (no exact top-n pruning)."),
     r_mode: str = typer.Option(DEFAULT_REQUEST.r_mode, "--r", help="r in the score: moment (the best chunk covering "
                                "the moment; better NDCG in docs/results.md) | motion (the paper: the motion's best chunk)."),
-    score: str = typer.Option(DEFAULT_REQUEST.score, "--score", help="fused: p_se ** gamma * exp(lam * r), fitted on "
-                              "val | paper: p_se * exp(lam * r)."),
-    gamma: float = typer.Option(DEFAULT_REQUEST.gamma, "--gamma", help="The fused score's power of p_se."),
+    score: str = typer.Option(DEFAULT_REQUEST.score, "--score", help="fused: p_se ** gamma * exp(lam * r + mu * s), "
+                              "s the span's own window similarity, weights fitted on val (score.json) | paper: "
+                              "p_se * exp(lam * r)."),
+    gamma: float | None = typer.Option(None, "--gamma", help="The fused score's power of p_se (default: fitted)."),
+    mu: float | None = typer.Option(None, "--mu", help="The fused score's weight of s (default: fitted)."),
     per_motion: int = typer.Option(DEFAULT_REQUEST.per_motion, "--per-motion", help="At most this many moments of "
                                    "one motion (0: no cap); near-duplicates are always dropped."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
@@ -1039,7 +1044,8 @@ def search_cmd(
     for qid, text in batch:
         try:
             requests.append((qid, SearchRequest(text, k=k, lam=lam, limit=limit, top_m=top_m, prune=not no_prune,
-                                                r_mode=r_mode, score=score, gamma=gamma, per_motion=per_motion,
+                                                r_mode=r_mode, score=score, gamma=gamma, mu=mu,
+                                                per_motion=per_motion,
                                                 sources=tuple(source or ()),
                                                 min_motion_s=min_motion_s, max_motion_s=max_motion_s,
                                                 min_moment_s=min_moment_s, max_moment_s=max_moment_s)))

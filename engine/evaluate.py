@@ -211,6 +211,32 @@ def sliding_window_run(store: CorpusStore, truth, retrieval_path, meta, sizes, s
     return rows
 
 
+def split_queries(store: CorpusStore, split: str, max_queries: int | None, label_key: str | None):
+    """(ground truth, query_id -> text, query_id -> label) of the annotations of a split (a seeded sample of
+    `max_queries`); labels only with `label_key`, for the annotations that carry it."""
+    motions, truth = _truth(store, split, max_queries)
+    queries = {g.query_id: g.text for g in truth}
+    labels: dict[str, str] = {}
+    if label_key is not None:
+        extra = {f"{m.motion_id}:{a.seg_id or i}": a.extra for m in motions for i, a in enumerate(m.annotations)}
+        labels = {q: str(extra[q][label_key]) for q in queries if label_key in extra.get(q, {})}
+    return truth, queries, labels
+
+
+def retrieval_only_rows(searcher, queries: dict[str, str], limit: int):
+    """Baseline: each of the top motions' best chunk is the moment, ranked by r."""
+    from eval.runfile import RunRow
+
+    rows = []
+    for qid, text in queries.items():
+        q = searcher.retrieval.encode_text([text])
+        hits = searcher.index.motion_best(q, k_motions=limit)[0]
+        chunks = searcher.index.chunks(hits.chunk_ids)
+        for rank, (mid, r, ch) in enumerate(zip(hits.motion_ids.tolist(), hits.r.tolist(), chunks), 1):
+            rows.append(RunRow(qid, text, int(mid), ch.start_s, ch.end_s, rank, float(r), r=float(r)))
+    return rows
+
+
 def sliding_window_cmr_rows(bank: WindowBank, index, model, queries: dict[str, str], k: int, limit: int):
     """Baseline: the top-k motions by r, each represented by its best sliding window (by the retrieval
     model's similarity to the query); moments ranked by that similarity."""
@@ -317,7 +343,7 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
              r_modes: Sequence[str] = ("motion",), backend: str = "local", ray_address: str | None = None,
              ray_workers: int = 2, progress: Callable[[str, int, int], None] | None = None,
              label_key: str | None = None, queries_file: str | Path | None = None,
-             gammas: Sequence[float] = (1.0,), relevance: bool = True) -> EvalOutput:
+             gammas: Sequence[float] = (1.0,), relevance: bool = True, fused: bool = False) -> EvalOutput:
     """Corpus moment retrieval on the index's corpus, queries = annotations of `split` (all motions searched),
     or a user's (label, text) query set (`queries_file`, judged by label match only). `relevance=False`
     skips the Recall/DCG tables (their Text-Motion relevance embeds every returned moment) and reports
@@ -327,14 +353,15 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
     content), every run also gets P@10, nDCG@10 and mAP@100 against every annotation of the query's label,
     and each MLP setting a paired-bootstrap comparison with each baseline.
 
-    Methods: the MLP searcher on the (k, lambda) grid; baselines retrieval only (best 10 s chunk, ranked by
+    Methods: the MLP searcher on the (k, lambda) grid (`gammas` other than 1: p_se ** gamma * exp(lam * r));
+    with `fused`, also the fused score with the searcher's fitted weights (score.json) for each k; baselines retrieval only (best 10 s chunk, ranked by
     r) and, with `sliding_window`, the sliding-window localizer (for each k: best window of each top-k
     motion, ranked by window similarity). Every run is written with its `RunMeta` and scored by
     `CmrScorer`, the same path as `engine eval run`."""
     from engine.request import SearchRequest
     from engine.search import Searcher
     from eval.report import write_metrics_json
-    from eval.runfile import RunRow, rows_from_moments, write_ground_truth, write_run
+    from eval.runfile import rows_from_moments, write_ground_truth, write_run
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -353,14 +380,10 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
         queries = {f"u{i}": text for i, (_, text) in enumerate(user, 1)}
         query_labels = {f"u{i}": label for i, (label, _) in enumerate(user, 1)}
     else:
-        motions, truth = _truth(store, split, max_queries)
+        truth, queries, query_labels = split_queries(store, split, max_queries, label_key)
         if not truth:
             raise ValueError(f"{index_dir}: no annotations in split {split!r} of its corpus")
         write_ground_truth(out_dir / "truth.jsonl", truth)
-        queries = {g.query_id: g.text for g in truth}
-        if label_key is not None:
-            extra = {f"{m.motion_id}:{a.seg_id or i}": a.extra for m in motions for i, a in enumerate(m.annotations)}
-            query_labels = {q: str(extra[q][label_key]) for q in queries if label_key in extra.get(q, {})}
     label_spans = label_pool(annotations, label_key) if label_key else []
     scorer = CmrScorer(searcher.retrieval, store, searcher.motions, truth) if truth and relevance else None
     output = EvalOutput(meta={"index": str(index_dir), "split": split, "queries": len(queries), "limit": limit,
@@ -380,7 +403,6 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
             output.label_results.append(evaluate_label_match(rows, query_labels, label_spans,
                                                                    setting=meta.extra["setting"]))
 
-    total = len(r_modes) * len(ks) * len(lams) * len(gammas) * len(queries)
     done = 0
     pool = None
     if backend == "ray":  # the queries spread over Ray workers, each with its own Searcher (loaded once)
@@ -391,10 +413,19 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
     elif backend != "local":
         raise ValueError(f"backend must be local or ray (got {backend!r})")
     try:
-        for r_mode, k, lam, gamma in itertools.product(r_modes, ks, lams, gammas):
-            # gamma = 1 is the paper's score; any other value the fused p_se ** gamma * exp(lam * r).
-            req = SearchRequest(next(iter(queries.values())), k=k, lam=lam, limit=limit, r_mode=r_mode,
-                                score="paper" if gamma == 1.0 else "fused", gamma=gamma)
+        grid = [(r_mode, k, lam, gamma) for r_mode, k, lam, gamma in itertools.product(r_modes, ks, lams, gammas)]
+        if fused:
+            grid += [(r_mode, k, None, None) for r_mode, k in itertools.product(r_modes, ks)]
+        total = len(grid) * len(queries)
+        for r_mode, k, lam, gamma in grid:
+            # gamma = 1 is the paper's score; any other value p_se ** gamma * exp(lam * r); None: the fitted
+            # fused score.
+            first = next(iter(queries.values()))
+            if gamma is None:
+                req = SearchRequest(first, k=k, limit=limit, r_mode=r_mode, score="fused")
+            else:
+                req = SearchRequest(first, k=k, lam=lam, limit=limit, r_mode=r_mode,
+                                    score="paper" if gamma == 1.0 else "fused", gamma=gamma, mu=0.0)
             rows = []
             t0 = time.perf_counter()
             localized = []
@@ -413,11 +444,17 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
                 if progress:
                     progress("cmr", done, total)
             dt = time.perf_counter() - t0
-            suffix = ("" if r_mode == "motion" else f"-r{r_mode}") + ("" if gamma == 1.0 else f"-g{gamma:g}")
-            name = f"mlp-k{k}-lam{lam:g}{suffix}"
+            rsuffix = "" if r_mode == "motion" else f"-r{r_mode}"
+            rsetting = "" if r_mode == "motion" else f", {r_mode} r"
+            if gamma is None:
+                w = req.weights(searcher.fused_weights)
+                lam = w.lam
+                name = f"mlp-k{k}-fused{rsuffix}"
+                setting = f"MLP k={k}, fused λ={w.lam:g} γ={w.gamma:g} μ={w.mu:g}{rsetting}"
+            else:
+                name = f"mlp-k{k}-lam{lam:g}{rsuffix}" + ("" if gamma == 1.0 else f"-g{gamma:g}")
+                setting = f"MLP k={k}, λ={lam:g}{rsetting}" + ("" if gamma == 1.0 else f", γ={gamma:g}")
             output.timings_s[name] = dt
-            setting = (f"MLP k={k}, λ={lam:g}" + ("" if r_mode == "motion" else f", {r_mode} r")
-                       + ("" if gamma == 1.0 else f", γ={gamma:g}"))
             finish(name, rows, run_meta_for(searcher, "MLP", setting, req), k, lam)
             if localized:
                 output.meta[f"{name}_mean_localized"] = float(np.mean(localized))
@@ -425,14 +462,7 @@ def cmr_eval(index_dir: str | Path, out_dir: str | Path, split: str = "test",
         if pool is not None:
             pool.close()
 
-    # Retrieval-only baseline: each of the top motions' best chunk is the moment, ranked by r.
-    rows = []
-    for qid, text in queries.items():
-        q = searcher.retrieval.encode_text([text])
-        hits = searcher.index.motion_best(q, k_motions=limit)[0]
-        chunks = searcher.index.chunks(hits.chunk_ids)
-        for rank, (mid, r, ch) in enumerate(zip(hits.motion_ids.tolist(), hits.r.tolist(), chunks), 1):
-            rows.append(RunRow(qid, text, int(mid), ch.start_s, ch.end_s, rank, float(r), r=float(r)))
+    rows = retrieval_only_rows(searcher, queries, limit)
     meta = run_meta_for(searcher, "Retrieval only (best chunk)", "Retrieval only (best 10 s chunk)")
     meta.limit = limit
     finish("retrieval-only", rows, meta)

@@ -99,15 +99,17 @@ def localizer_feature_fn(localizer_path: Path, device: str = "cpu") -> tuple[Cal
 def default_index_stale(manifest: Manifest, retrieval_fingerprint: str, localizer_sha256: str) -> str | None:
     """Why the built-in index no longer fits the shipped models (a sentence for the log), or None.
 
-    The index must have been embedded with the shipped retrieval model, and must cache the encoding of
+    The index must have been embedded with the shipped retrieval model, must cache the encoding of
     the shipped localizer: its manifest's `localizer.sha256` (or, in manifests written before that field,
-    the motion feature tag, which held the same checkpoint sha256)."""
+    the motion feature tag, which held the same checkpoint sha256), and must have a window bank."""
     if manifest.model_fingerprint != retrieval_fingerprint:
         return (f"the shipped retrieval model changed (index {manifest.model_fingerprint[:12]}, "
                 f"shipped {retrieval_fingerprint[:12]})")
     index_loc = manifest.localizer.sha256 if manifest.localizer is not None else manifest.motion_feature_tag
     if index_loc != localizer_sha256:
         return f"the shipped localizer changed (index {str(index_loc)[:12]}, shipped {localizer_sha256[:12]})"
+    if not manifest.config.get("window_bank"):
+        return "it has no window bank (the default fused score's span similarity)"
     return None
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from engine.corpus.types import RequestError
+from engine.scoring import DEFAULT_LAM, PAPER, ScoreWeights
 
 MAX_QUERY_CHARS = 512
 MAX_K = 10_000
@@ -57,14 +58,17 @@ def _float_in(name: str, value: Any, lo: float, hi: float | None) -> float:
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """What to find and how. Score = p_se * exp(lam * r); see `engine.search`.
+    """What to find and how. Score = p_se ** gamma * exp(lam * r + mu * s); see `engine.scoring`.
 
     - `k`: motions retrieved by chunk similarity before localization (capped at the corpus size);
     - `limit`: moments returned; `top_m`: candidate moments per motion (temporal NMS at `nms_iou`);
     - `r_mode`: "moment" (the best chunk covering the moment; the default) or "motion" (the paper: the
       motion's best chunk);
-    - `score`: "paper" ranks by p_se * exp(lam * r); "fused" by p_se ** gamma * exp(lam * r), i.e.
-      lam * r + gamma * log p_se, with lam and gamma fitted on a validation split (docs/results.md);
+    - `score`: "fused" (the default: it beats the paper's on val, docs/results/scoring.md) ranks by
+      p_se ** gamma * exp(lam * r + mu * s), s being the span's own similarity (its best-IoU window of the
+      index's window bank), with the weights fitted on a validation split (`score.json`, engine/scoring.py;
+      the paper's weights when none fit the models); `lam`, `gamma`, `mu` given override the fitted ones.
+      "paper" ranks by p_se * exp(lam * r) (lam default 5; gamma and mu are not used);
     - `dedup_iou`, `per_motion`: a moment that overlaps a better one of the same motion by IoU >= dedup_iou,
       or contains it or lies inside it, is dropped; at most `per_motion` moments per motion (0: no cap);
     - `prune`: exact top-n pruning (the result equals the exhaustive one); `use_cache`: reuse encoded
@@ -75,13 +79,14 @@ class SearchRequest:
 
     text: str
     k: int = 200
-    lam: float = 5.0
+    lam: float | None = None  # None: 5 for the paper's score, the fitted value for the fused one
     limit: int = 10
     top_m: int = 3
     nms_iou: float = 0.5
     r_mode: str = "moment"
-    score: str = "paper"
-    gamma: float = 1.0
+    score: str = "fused"
+    gamma: float | None = None
+    mu: float | None = None
     dedup_iou: float = 0.3
     per_motion: int = 2
     prune: bool = True
@@ -99,14 +104,20 @@ class SearchRequest:
         set_ = object.__setattr__  # frozen: normalise in place once
         set_(self, "text", validate_query(self.text))
         _int_in("k", self.k, 1, MAX_K)
-        set_(self, "lam", _float_in("lam", self.lam, 0.0, MAX_LAM))
+        if self.lam is None and self.score == "paper":
+            set_(self, "lam", DEFAULT_LAM)
+        if self.lam is not None:
+            set_(self, "lam", _float_in("lam", self.lam, 0.0, MAX_LAM))
         _int_in("limit", self.limit, 1, MAX_LIMIT)
         _int_in("top_m", self.top_m, 1, MAX_TOP_M)
         set_(self, "nms_iou", _float_in("nms_iou", self.nms_iou, 0.0, 1.0))
         _int_in("batch_size", self.batch_size, 1, 4096)
         if self.score not in SCORES:
             raise RequestError("score", f"must be one of {', '.join(SCORES)} (got {self.score!r})")
-        set_(self, "gamma", _float_in("gamma", self.gamma, 0.0, 10.0))
+        if self.gamma is not None:
+            set_(self, "gamma", _float_in("gamma", self.gamma, 0.0, 10.0))
+        if self.mu is not None:
+            set_(self, "mu", _float_in("mu", self.mu, 0.0, MAX_LAM))
         set_(self, "dedup_iou", _float_in("dedup_iou", self.dedup_iou, 0.0, 1.0))
         if self.per_motion != 0:
             _int_in("per_motion", self.per_motion, 1, MAX_TOP_M)
@@ -125,10 +136,15 @@ class SearchRequest:
                 raise RequestError(lo_name, f"{lo:g} is above {hi_name} {hi:g}")
 
     # ------------------------------------------------------------------ helpers
-    @property
-    def p_se_power(self) -> float:
-        """The exponent of p_se in the score: 1 for the paper's, gamma for the fused score."""
-        return 1.0 if self.score == "paper" else self.gamma
+    def weights(self, fitted: ScoreWeights | None = None) -> ScoreWeights:
+        """The score's weights: the paper's (lam, gamma 1, mu 0), or for "fused" the `fitted` ones (the
+        paper's when None) with this request's lam / gamma / mu where given."""
+        if self.score == "paper":
+            return ScoreWeights(lam=float(self.lam), gamma=1.0, mu=0.0)
+        base = fitted or PAPER
+        return ScoreWeights(lam=base.lam if self.lam is None else self.lam,
+                            gamma=base.gamma if self.gamma is None else self.gamma,
+                            mu=base.mu if self.mu is None else self.mu)
 
     @property
     def filters_motions(self) -> bool:
@@ -177,8 +193,8 @@ class LikeRequest:
       it against the motion once the corpus is known);
     - `k`: motions retrieved by chunk similarity to the span's embedding (capped at the corpus size);
     - `refine`: of these, the best `refine` (by r) are represented by their 10 s chunks and their short
-      windows, the others by their chunks alone (embedding short windows costs ~1 s per motion on one CPU
-      thread the first time a motion is seen; they are cached);
+      windows, the others by their chunks alone (the short windows are read from the index's window bank;
+      an index without one embeds them, ~1 s per motion on one CPU thread the first time, then cached);
     - `limit`, `dedup_iou`, `per_motion`: as in `SearchRequest`;
     - `include_self`: also return moments of the example's own motion (never the example itself: a
       moment of that motion overlapping it by IoU >= `self_iou` is always left out).

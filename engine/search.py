@@ -2,14 +2,18 @@
 
 `Searcher(index).search(SearchRequest("kung fu pose", k=200, lam=5.0, limit=10))` is the one function the
 CLI, HTTP, evaluation, Ray and the benches call; `load_searcher` is the one way they open it. The ranking
-score of a moment is `p_se * exp(lam * r)` where `p_se` is the localizer's joint start/end probability and
-`r` the retrieval similarity: the motion's best chunk (the paper, `r_mode="motion"`) or the best chunk that
-covers the moment (`r_mode="moment"`, never above the motion's).
+score of a moment (engine/scoring.py) is the paper's `p_se * exp(lam * r)` (`score="paper"`, the default)
+or the fused `p_se ** gamma * exp(lam * r + mu * s)` (`score="fused"`, weights fitted on val, score.json),
+where `p_se` is the localizer's joint start/end probability, `r` the retrieval similarity of 10 s chunks: the
+motion's best chunk (the paper, `r_mode="motion"`) or the best chunk that covers the moment
+(`r_mode="moment"`, never above the motion's), and `s` the moment's own similarity: the window of the
+index's window bank (indexer/bank.py; its chunks when it has none) with the best IoU to the span.
 
-Exact top-n pruning: because `p_se <= 1` and a moment's r is at most its motion's, a motion whose
-`exp(lam * r)` is below the n-th best score found so far cannot enter the top n. Motions are localized in
-order of decreasing r, in batches, and the loop stops when no remaining motion can enter. The result
-equals localizing all k motions (oracle test).
+Exact top-n pruning: every motion has an upper bound on its moments' scores, `exp(lam * r + mu * s_max)`
+(p_se <= 1, a moment's r at most its motion's, s at most the motion's best window s_max, a dot product per
+bank window before any localization). Motions are localized in order of decreasing bound, in batches, and
+the loop stops when no remaining motion can enter the top n. The result equals localizing all k motions
+(oracle tests).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 
 from engine.corpus.types import IndexFileError, ModelError, Moment, MotionInfo, RequestError
 from engine.request import SearchRequest
+from engine.scoring import ScoreWeights
 
 if TYPE_CHECKING:
     from indexer.index import ChunkIndex
@@ -36,13 +41,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SpanHit:
-    """A localized span of one motion; `r` is its own retrieval similarity when the r mode gives one
-    (it must not exceed the motion's r: the ranking clamps it so that the pruning bound holds)."""
+    """A localized span of one motion; `r` is its own chunk similarity when the r mode gives one (it must not
+    exceed the motion's r: the ranking clamps it so that the pruning bound holds); `s` its own window-bank
+    similarity when the score uses one (clamped to the motion's s_max likewise)."""
 
     start_s: float
     end_s: float
     p_se: float
     r: float | None = None
+    s: float | None = None
 
 
 def dedup_motion(cands: list, iou: float | None, cap: int) -> list:
@@ -84,18 +91,37 @@ class Ranker:
     """The ranking loop of one query as a resumable state machine, so that several queries can share each
     localizer pass (`Searcher.search_many`, the server's micro-batches): `next_batch()` names the motions to
     localize next (None when done: all localized, or pruned), `add(ids, spans)` takes their spans.
-    `rank_moments` drives one Ranker alone; the result is the same either way."""
+    `rank_moments` drives one Ranker alone; the result is the same either way.
 
-    def __init__(self, motion_ids: Sequence[int], r: Sequence[float], lam: float, limit: int | None,
+    Score (engine/scoring.py): `weights.score(p_se, r, s)`. Every motion has an upper bound
+    `weights.bound(r, s_max)` (`s_max`: its best window-bank similarity, needed when weights.mu > 0); motions
+    are localized in order of decreasing bound (for the paper's score, decreasing r), and the loop stops when
+    the next bound is below the n-th best score: nothing after can enter, so the result equals localizing all."""
+
+    def __init__(self, motion_ids: Sequence[int], r: Sequence[float], lam: float | None, limit: int | None,
                  batch_size: int = 32, prune: bool = True, keep: Callable[[int, float, float], bool] | None = None,
-                 gamma: float = 1.0, dedup_iou: float | None = None, per_motion: int = 0):
-        self.r = np.asarray(r, dtype=np.float64)
-        if len(self.r) > 1 and np.any(np.diff(self.r) > 1e-12):
+                 gamma: float = 1.0, dedup_iou: float | None = None, per_motion: int = 0,
+                 weights: ScoreWeights | None = None, s_max: Sequence[float] | None = None):
+        r = np.asarray(r, dtype=np.float64)
+        if len(r) > 1 and np.any(np.diff(r) > 1e-12):
             raise ValueError("rank_moments: motions must be sorted by decreasing r")
-        self.motion_ids = list(motion_ids)
-        self.lam, self.limit, self.batch_size, self.prune, self.keep = lam, limit, batch_size, prune, keep
-        self.gamma, self.dedup_iou, self.per_motion = gamma, dedup_iou, per_motion
-        self.cands: list[tuple[tuple[float, int, float], Moment]] = []  # ((-score, r order, start), moment)
+        self.weights = weights if weights is not None else ScoreWeights(lam=float(lam), gamma=gamma, mu=0.0)
+        ids = list(motion_ids)
+        if self.weights.uses_span:
+            if s_max is None or len(s_max) != len(ids):
+                raise ValueError("rank_moments: a score with mu > 0 needs every motion's s_max")
+            s_max = np.asarray(s_max, dtype=np.float64)
+            bound = np.array([self.weights.bound(ri, si) for ri, si in zip(r, s_max)])
+            order = np.argsort(-bound, kind="stable")
+            ids, r, s_max, bound = [ids[i] for i in order], r[order], s_max[order], bound[order]
+        else:
+            s_max = None
+            bound = np.array([self.weights.bound(ri) for ri in r])
+        self.motion_ids, self.r, self.s_max, self.bound = ids, r, s_max, bound
+        self.lam = self.weights.lam
+        self.limit, self.batch_size, self.prune, self.keep = limit, batch_size, prune, keep
+        self.dedup_iou, self.per_motion = dedup_iou, per_motion
+        self.cands: list[tuple[tuple[float, int, float], Moment]] = []  # ((-score, bound order, start), moment)
         self.kth = -math.inf
         self.b0 = 0
         self.localized = self.batches = 0
@@ -104,26 +130,35 @@ class Ranker:
         if self.b0 >= len(self.motion_ids):
             return None
         if (self.prune and self.limit is not None and len(self.cands) >= self.limit
-                and math.exp(self.lam * self.r[self.b0]) < self.kth):
+                and self.bound[self.b0] < self.kth):
             return None
         return self.motion_ids[self.b0: self.b0 + self.batch_size]
 
     def add(self, ids: Sequence[int], spans: Sequence[Sequence[SpanHit]]) -> None:
         b0 = self.b0
+        if list(ids) != self.motion_ids[b0: b0 + len(ids)]:
+            raise ValueError("Ranker.add: spans of other motions than next_batch() named")
         self.b0 += len(ids)
         self.batches += 1
         self.localized += len(ids)
+        w = self.weights
         for j, (mid, hits) in enumerate(zip(ids, spans)):
             r_motion = float(self.r[b0 + j])
+            s_top = float(self.s_max[b0 + j]) if self.s_max is not None else None
             mine: list[tuple[tuple[float, int, float], Moment]] = []
             for h in hits:
                 if self.keep is not None and not self.keep(mid, h.start_s, h.end_s):
                     continue
-                # A moment's own r never exceeds its motion's (the bound above relies on it).
+                # A moment's own r (s) never exceeds its motion's r (s_max): the bound above relies on it.
                 r_used = min(float(h.r), r_motion) if h.r is not None else r_motion
-                score = float(h.p_se) ** self.gamma * math.exp(self.lam * r_used)
+                s_used = None
+                if s_top is not None:
+                    if h.s is None:
+                        raise ValueError(f"Ranker.add: motion {mid}: a score with mu > 0 needs each span's s")
+                    s_used = min(float(h.s), s_top)
+                score = w.score(h.p_se, r_used, s_used)
                 m = Moment(motion_id=int(mid), start_s=float(h.start_s), end_s=float(h.end_s), score=score,
-                           p_se=float(h.p_se), r=r_used)
+                           p_se=float(h.p_se), r=r_used, s=s_used)
                 mine.append(((-score, b0 + j, m.start_s), m))
             self.cands.extend(dedup_motion(mine, self.dedup_iou, self.per_motion))
         self.cands.sort(key=lambda c: c[0])
@@ -142,7 +177,7 @@ def rank_moments(
     motion_ids: Sequence[int],
     r: Sequence[float],
     localize: LocalizeFn,
-    lam: float,
+    lam: float | None,
     limit: int | None,
     batch_size: int = 32,
     prune: bool = True,
@@ -150,10 +185,14 @@ def rank_moments(
     gamma: float = 1.0,
     dedup_iou: float | None = None,
     per_motion: int = 0,
+    weights: ScoreWeights | None = None,
+    s_max: Sequence[float] | None = None,
 ) -> tuple[list[Moment], RankStats]:
     """Score the moments of motions (sorted by decreasing r) and return the best `limit` of them, ranked.
 
-    Score = p_se ** gamma * exp(lam * r) (gamma = 1: the paper's). `keep(motion_id, start_s, end_s)`
+    Score = p_se ** gamma * exp(lam * r) (gamma = 1: the paper's), or `weights.score(p_se, r, s)` with
+    `weights` (engine/scoring.py; with mu > 0 every motion's `s_max` and every span's `s` are needed, and
+    motions are localized by decreasing bound). `keep(motion_id, start_s, end_s)`
     filters candidate moments (e.g. by length). Within a motion, a moment that overlaps a better one by
     IoU >= `dedup_iou`, or contains it or lies inside it, is dropped, and at most `per_motion` are kept
     (0: all). With `prune`, the loop stops as soon as `exp(lam * r_next) < n-th best score`: since
@@ -163,7 +202,7 @@ def rank_moments(
     The moments carry motion id, span, scores and rank; the caller fills in the motion's name and label.
     """
     ranker = Ranker(motion_ids, r, lam, limit, batch_size=batch_size, prune=prune, keep=keep, gamma=gamma,
-                    dedup_iou=dedup_iou, per_motion=per_motion)
+                    dedup_iou=dedup_iou, per_motion=per_motion, weights=weights, s_max=s_max)
     while (ids := ranker.next_batch()) is not None:
         ranker.add(ids, localize(ids))
     return ranker.result()
@@ -179,6 +218,7 @@ class SearchResult:
     localized: int
     timings_s: dict[str, float] = field(default_factory=dict)
     cached: bool = False  # answered from a result cache (the server's), not searched again
+    weights: ScoreWeights | None = None  # the score's weights as used (fused: fitted, or the request's)
 
     @property
     def query(self) -> str:
@@ -186,14 +226,17 @@ class SearchResult:
 
     @property
     def lam(self) -> float:
-        return self.request.lam
+        return self.weights.lam if self.weights is not None else self.request.lam
 
     def to_dict(self) -> dict:
         """The JSON form the CLI (`--json`) and the HTTP API share."""
         q = self.request
-        return {"query": q.text, "k": self.k, "lam": q.lam, "r": q.r_mode, "score": q.score, "limit": q.limit,
-                "localized": self.localized, "cached": self.cached, "moments": [m.to_dict() for m in self.moments],
-                "timings_s": {kk: round(v, 6) for kk, v in self.timings_s.items()}}
+        d = {"query": q.text, "k": self.k, "lam": self.lam, "r": q.r_mode, "score": q.score, "limit": q.limit,
+             "localized": self.localized, "cached": self.cached, "moments": [m.to_dict() for m in self.moments],
+             "timings_s": {kk: round(v, 6) for kk, v in self.timings_s.items()}}
+        if self.weights is not None and q.score != "paper":
+            d["gamma"], d["mu"] = self.weights.gamma, self.weights.mu
+        return d
 
 
 class Searcher:
@@ -210,7 +253,7 @@ class Searcher:
 
     def __init__(self, index_dir: str | Path | ChunkIndex, localizer: str | Path | None = None,
                  corpus: str | Path | None = None, device: str = "cpu", bf16: bool = False,
-                 use_motion_cache: bool = True, backend: str = "torch"):
+                 use_motion_cache: bool = True, backend: str = "torch", score_file: str | Path | None = None):
         from engine.corpus.device import resolve_device
         from engine.corpus.reader import open_reader
         from engine.home import default_localizer_path
@@ -253,6 +296,14 @@ class Searcher:
             except (ValueError, OSError, RuntimeError, KeyError) as e:  # not "cannot load the index": name the run
                 raise ModelError(str(loc_path), f"cannot load the localizer (--localizer): {e}") from e
         self.localizer_fingerprint = self.localizer.fingerprint()
+        # The fused score's weights: `score_file`, else score.json beside the localizer (engine/scoring.py).
+        from engine.scoring import load_fitted, score_file_for
+
+        if score_file is not None and not Path(score_file).is_file():
+            raise ModelError(str(score_file), "no such fused-score weights file (write it with scripts/fit_score.py)")
+        self.score_file = Path(score_file) if score_file is not None else score_file_for(loc_path)
+        self.fused_weights, self.fused_from = load_fitted(self.score_file, self.localizer_fingerprint,
+                                                          man.model_fingerprint, self.index.has_bank)
         # The index caches the localizer's query-independent motion encoding when built with the same
         # checkpoint (its tag is the checkpoint's sha256); otherwise motions are encoded on first use.
         index_loc = man.localizer.sha256 if man.localizer is not None else man.motion_feature_tag
@@ -296,6 +347,32 @@ class Searcher:
         if none.any():  # the chunk(s) nearest the moment
             cover[none] = inter[none] == inter[none].max(axis=1, keepdims=True)
         return np.where(cover, sim[None, :], -np.inf).max(axis=1)
+
+    def window_sims(self, query_vec: np.ndarray, motion_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """((W, 2) [start_s, end_s], (W,) similarity to `query_vec`) of the motion's window bank (its chunks
+        and the index's cached 2/4/6 s windows; only the chunks when the index has no bank)."""
+        return self.index.motion_window_sims(motion_id, query_vec)
+
+    @staticmethod
+    def span_sims(windows: np.ndarray, sims: np.ndarray, spans_s: np.ndarray) -> np.ndarray:
+        """s of each span (M, 2): the similarity of the bank window with the best IoU to it (of those, the most
+        similar). Never above max(sims), the motion's s_max."""
+        a, b = spans_s[:, 0:1], spans_s[:, 1:2]  # (M, 1)
+        inter = np.clip(np.minimum(windows[None, :, 1], b) - np.maximum(windows[None, :, 0], a), 0.0, None)  # (M, W)
+        union = np.maximum(windows[None, :, 1], b) - np.minimum(windows[None, :, 0], a)
+        iou = inter / np.maximum(union, 1e-9)
+        best = iou.max(axis=1, keepdims=True)
+        return np.where(iou >= best - 1e-12, sims[None, :], -np.inf).max(axis=1)
+
+    def span_hits(self, query_vec: np.ndarray, motion_id: int, spans: Sequence, r_mode: str,
+                  windows: tuple[np.ndarray, np.ndarray] | None = None) -> list[SpanHit]:
+        """The localizer's spans of one motion as the Ranker takes them: with r_mode "moment" each span's own
+        chunk r (`moment_rs`), with `windows` (`window_sims` of the motion) its own bank similarity s."""
+        spans_s = np.array([[h.start_s, h.end_s] for h in spans], np.float64).reshape(-1, 2)
+        rs = self.moment_rs(query_vec, motion_id, spans_s) if r_mode == "moment" else [None] * len(spans)
+        ss = self.span_sims(*windows, spans_s) if windows is not None else [None] * len(spans)
+        return [SpanHit(h.start_s, h.end_s, h.p_se, None if r is None else float(r), None if v is None else float(v))
+                for h, r, v in zip(spans, rs, ss)]
 
     def clear_caches(self) -> None:
         """Forget encoded motions and labels (the next requests encode again)."""
@@ -376,16 +453,22 @@ class Searcher:
         qs = self.retrieval.encode_text([req.text for req in reqs])  # (Q, d)
         t_embed = (time.perf_counter() - t0) / len(reqs)
 
-        rankers, timings = [], []
+        rankers, timings, windows = [], [], []
         for qi, req in enumerate(reqs):
             t0 = time.perf_counter()
             ids, rs = self._candidates(qs[qi: qi + 1], req)
+            weights = req.weights(self.fused_weights)
+            # The fused score's s: every candidate's bank windows scored once (a dot product each), giving
+            # its bound s_max before any localization and each span's s after.
+            wins = {mid: self.window_sims(qs[qi], mid) for mid in ids} if weights.uses_span else None
+            s_max = [float(wins[mid][1].max()) for mid in ids] if wins is not None else None
+            windows.append(wins)
             timings.append({"embed_text": t_embed, "retrieve": time.perf_counter() - t0,
                             "motion_encode": 0.0, "localize": 0.0})
-            rankers.append(Ranker(ids, rs, req.lam, req.limit, batch_size=req.batch_size, prune=req.prune,
+            rankers.append(Ranker(ids, rs, None, req.limit, batch_size=req.batch_size, prune=req.prune,
                                   keep=(lambda _m, s, e, req=req: req.keeps_moment(s, e)) if req.filters_moments
-                                  else None, gamma=req.p_se_power, dedup_iou=req.dedup_iou,
-                                  per_motion=req.per_motion))
+                                  else None, dedup_iou=req.dedup_iou, per_motion=req.per_motion,
+                                  weights=weights, s_max=s_max))
         while True:
             # One round: the next batch of every request still ranking, localized in one pass.
             work = [(qi, ids) for qi, rk in enumerate(rankers) if (ids := rk.next_batch()) is not None]
@@ -405,13 +488,9 @@ class Searcher:
                 req = reqs[qi]
                 mine = spans[at: at + len(ids)]
                 at += len(ids)
-                if req.r_mode == "moment":
-                    hits = []
-                    for mid, row in zip(ids, mine):
-                        rs = self.moment_rs(qs[qi], mid, np.array([[s.start_s, s.end_s] for s in row]).reshape(-1, 2))
-                        hits.append([SpanHit(s.start_s, s.end_s, s.p_se, float(r)) for s, r in zip(row, rs)])
-                else:
-                    hits = [[SpanHit(s.start_s, s.end_s, s.p_se) for s in row] for row in mine]
+                wins = windows[qi]
+                hits = [self.span_hits(qs[qi], mid, row, req.r_mode, None if wins is None else wins[mid])
+                        for mid, row in zip(ids, mine)]
                 rankers[qi].add(ids, hits)
                 share = len(ids) / n  # each request is charged its share of the shared pass
                 timings[qi]["motion_encode"] += (t2 - t1) * share
@@ -423,7 +502,7 @@ class Searcher:
             moments = [self.describe(m) for m in ranked]
             t["rank"] = time.perf_counter() - t0
             out.append(SearchResult(request=req, moments=moments, k=len(rk.motion_ids), localized=stats.localized,
-                                    timings_s=t))
+                                    timings_s=t, weights=rk.weights))
         return out
 
     def _localize_pairs(self, texts, enc, work, reqs) -> list:

@@ -53,35 +53,40 @@ def span_window(features: np.ndarray, fps: float, start_s: float, end_s: float, 
 
 
 class WindowBank:
-    """Query-independent sliding windows of every motion with their retrieval embeddings, computed once per
-    motion on first use: the index's own 10 s chunks (their stored embeddings) plus shorter windows of
-    `sizes_s` seconds at a stride of half their size, embedded by the index's retrieval model (resampled
-    to its fps, as the chunks are). Its cache is a plain dict: one bank per thread, or a lock."""
+    """Query-independent sliding windows of every motion with their retrieval embeddings: the index's own
+    10 s chunks (their stored embeddings) plus shorter windows of `sizes_s` seconds at a stride of half their
+    size (`indexer.bank.plan_bank_windows`). When the index caches a window bank of these sizes
+    (`engine index build --window-bank`) its rows are read; otherwise they are embedded by the index's
+    retrieval model (`RetrievalModel.encode_windows`, as the bank is) once per motion on first use. Its
+    cache is a plain dict: one bank per thread, or a lock."""
 
     def __init__(self, index, model, store, meta, sizes_s: Sequence[float] = (2.0, 4.0, 6.0)):
+        from indexer.bank import bank_sizes
+        from indexer.config import IndexConfig
+
         self.index, self.model, self.store, self.meta = index, model, store, meta
         self.sizes_s = tuple(float(s) for s in sizes_s)
+        self.cached = bool(getattr(index, "has_bank", False)) and \
+            bank_sizes(IndexConfig.from_dict(index.manifest.config)) == self.sizes_s
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.windows_embedded = 0
 
     def windows(self, motion_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """((W, 2) [start_s, end_s], (W, d) unit embeddings) of the motion's windows."""
+        """((W, 2) [start_s, end_s], (W, d) unit embeddings) of the motion's windows: chunks, then the rest."""
+        from indexer.bank import plan_bank_windows
+
         mid = int(motion_id)
+        if self.cached:
+            return self.index.motion_windows(mid)
         if mid in self._cache:
             return self._cache[mid]
         chunk_spans, chunk_vecs = self.index.motion_chunks(mid)
-        spans = [chunk_spans]
-        vecs = [np.asarray(chunk_vecs, np.float32)]
-        feats = np.asarray(self.store.features(mid))
+        feats = np.asarray(self.store.features(mid), np.float32)
         fps = float(self.meta[mid].fps)
-        n = len(feats)
-        for size_s in self.sizes_s:
-            w = int(round(size_s * fps))
-            if w < 2 or w >= n:
-                continue
-            win = pyramid_windows(n, [w], max(1, w // 2))  # (W, 2) frames
-            # window arch: pooled from one encoding of the motion, like its index chunks; else one pass each
-            vecs.append(self.model.encode_windows(np.asarray(feats, np.float32), win, fps=fps))
+        win = plan_bank_windows(len(feats), fps, self.sizes_s)  # (W, 2) rows
+        spans, vecs = [chunk_spans], [np.asarray(chunk_vecs, np.float32)]
+        if len(win):
+            vecs.append(self.model.encode_windows(feats, win, fps=fps))
             spans.append(win / fps)
             self.windows_embedded += len(win)
         out = (np.concatenate(spans), np.concatenate(vecs))

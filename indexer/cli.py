@@ -147,6 +147,10 @@ def _build_command(features: _LocalizerFeatures, after_build: Callable[[Path], N
         window_s: float = typer.Option(10.0, "--window-s"),
         stride_s: float = typer.Option(1.0, "--stride-s"),
         batch_size: int = typer.Option(64, "--batch-size"),
+        window_bank: bool = typer.Option(
+            True, "--window-bank/--no-window-bank",
+            help="Cache 2/4/6 s windows (stride half the window) with their embeddings: the fused score's span "
+                 "similarity (about 0.6x the chunk embedding time with a transformer retrieval model)."),
         device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
         force: bool = typer.Option(False, "--force", help="Build even when the live version is up to date."),
         localizer: Path | None = typer.Option(None, "--localizer",
@@ -164,7 +168,7 @@ def _build_command(features: _LocalizerFeatures, after_build: Callable[[Path], N
 
         try:
             config = IndexConfig(kind=kind, dtype=dtype, split=split, window_s=window_s, stride_s=stride_s,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, window_bank=window_bank)
         except ValueError as e:
             _fail(str(e))
         embed_backend = _embed_backend(backend, ray_address, ray_num_cpus, ray_workers)
@@ -192,6 +196,9 @@ def index_rebuild(
     corpus: Path | None = typer.Option(None, "--corpus", help="Default: the corpus the live version read."),
     model: Path | None = typer.Option(None, "--model", help="Default: the live version's model."),
     kind: str | None = typer.Option(None, "--kind", help="Default: the live version's kind."),
+    window_bank: bool | None = typer.Option(
+        None, "--window-bank/--no-window-bank",
+        help="Cache the window bank (default: as the live version)."),
     device: str | None = typer.Option(None, "--device"),
     backend: str = BACKEND_OPTION,
     ray_address: str | None = RAY_ADDRESS_OPTION,
@@ -217,6 +224,8 @@ def index_rebuild(
             config = dataclasses.replace(config, kind=kind)
         except ValueError as e:
             _fail(str(e))
+    if window_bank is not None:
+        config = dataclasses.replace(config, window_bank=window_bank)
     store = _open_corpus(corpus) if corpus else None
     m = _load_model(model, device) if model else None
     try:

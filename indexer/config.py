@@ -38,19 +38,31 @@ class IndexConfig:
     recall_k: int = 10
     recall_queries: int = 256
     seed: int = 0
+    # The window bank (indexer/bank.py): short windows of every motion with their embeddings, the fused
+    # score's span similarity (+6 P@10 on val over chunks only, docs/results/scoring.md). It costs about 0.6x
+    # the chunk embedding with the transformer encoder, a pooling per window with the window encoder.
+    # None (auto): only with the window-encoder architecture; resolved when a build starts.
+    window_bank: bool | None = True
+    bank_sizes_s: tuple[float, ...] = (2.0, 4.0, 6.0, 10.0)  # the window_s size is the chunks themselves
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"index kind {self.kind!r}: choose one of {', '.join(KINDS)}")
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"dtype {self.dtype!r}: choose fp32 or bf16")
+        self.bank_sizes_s = tuple(float(x) for x in self.bank_sizes_s)
+        if not all(x > 0 for x in self.bank_sizes_s):
+            raise ValueError(f"bank sizes {self.bank_sizes_s}: every size must be positive (seconds)")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["bank_sizes_s"] = list(self.bank_sizes_s)  # as JSON reads it back (manifests are compared as dicts)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IndexConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        d = {"window_bank": False, **d}  # manifests from before the bank: built without one
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def chunking(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from engine.corpus.types import Chunk, CorpusError
 from indexer.arrow_io import Embeddings, read_embeddings, read_motion_features
+from indexer.bank import BankRows, read_bank
 from indexer.chunks import ChunkDB, ChunkTable, IndexedMotion
 from indexer.faiss_index import load_faiss, set_search_params, to_device
 from indexer.manifest import (
@@ -20,6 +21,7 @@ from indexer.manifest import (
     FAISS_FILE,
     MODEL_FILE,
     MOTION_FEATURES,
+    WINDOWS,
     Manifest,
     read_checked,
     read_current,
@@ -64,6 +66,8 @@ class ChunkIndex:
         self._embeddings: Embeddings | None = None
         self._motion_rows: dict[int, tuple[int, int]] | None = None
         self._motion_features: dict[int, np.ndarray] | None = None
+        self._bank: BankRows | None = None
+        self._bank_rows: dict[int, tuple[int, int]] | None = None
 
     @property
     def index_dir(self) -> Path:
@@ -152,6 +156,50 @@ class ChunkIndex:
         a, b = self._motion_rows.get(int(motion_id), (0, 0))
         rows = self.table.rows(emb.chunk_ids[a:b])
         return np.stack([self.table.start_s[rows], self.table.end_s[rows]], axis=1).reshape(-1, 2), emb.vectors[a:b]
+
+    @property
+    def has_bank(self) -> bool:
+        """Whether this version has a window bank (`windows.arrow`, indexer/bank.py)."""
+        return WINDOWS in self.manifest.files
+
+    def _bank_range(self, motion_id: int) -> tuple[int, int]:
+        """Rows [a, b) of the motion in the bank (rows are grouped by motion); (0, 0) when it has none."""
+        if not self.has_bank:
+            return 0, 0
+        if self._bank_rows is None:
+            ids = self.bank().motion_ids
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
+            ends = np.r_[starts[1:], len(ids)]
+            self._bank_rows = {int(ids[a]): (int(a), int(b)) for a, b in zip(starts, ends)}
+        return self._bank_rows.get(int(motion_id), (0, 0))
+
+    def motion_windows(self, motion_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """((W, 2) [start_s, end_s], (W, d) unit embeddings) of a motion's window bank: its chunks, then the
+        bank's extra windows (only the chunks when the version has no bank)."""
+        spans, vecs = self.motion_chunks(motion_id)
+        a, b = self._bank_range(motion_id)
+        if a == b:
+            return spans, vecs
+        bank = self.bank()
+        return np.concatenate([spans, bank.spans_s[a:b]]), np.concatenate([vecs, bank.vectors[a:b]])
+
+    def motion_window_sims(self, motion_id: int, query_vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """((W, 2) [start_s, end_s], (W,) similarity to `query_vec`) of the windows `motion_windows` lists, in
+        its order, without copying the vectors."""
+        q = np.asarray(query_vec, np.float32)
+        spans, vecs = self.motion_chunks(motion_id)
+        sims = vecs @ q
+        a, b = self._bank_range(motion_id)
+        if a == b:
+            return spans, sims
+        bank = self.bank()
+        return np.concatenate([spans, bank.spans_s[a:b]]), np.concatenate([sims, bank.vectors[a:b] @ q])
+
+    def bank(self) -> BankRows:
+        """The window bank's extra windows (memory-mapped); empty for a version without a bank."""
+        if self._bank is None:
+            self._bank = read_bank(self.dir / WINDOWS, self.dim) if self.has_bank else BankRows.empty(self.dim)
+        return self._bank
 
     def embeddings(self) -> Embeddings:
         if self._embeddings is None:

@@ -13,6 +13,8 @@ Layout of an index directory::
         embeddings.arrow       chunk_id, motion_id, vector (unit float32), sorted by chunk_id
         index.faiss            FAISS IndexIDMap2 over Flat | IVF-Flat | HNSW | IVF-PQ, inner product
         motion_features.arrow  optional: per-motion features from a caller's `motion_feature_fn`
+        windows.arrow          optional (IndexConfig.window_bank): the window bank's extra windows (2/4/6 s,
+                               stride half the window) with their unit embeddings (indexer/bank.py)
         manifest.json          written last (a version without it is an unfinished build): config, model
                                fingerprint, localizer, dims, metric, counts, sha256 of every other file,
                                recall of the FAISS index against exact search
@@ -47,6 +49,7 @@ CHUNKS_DB = "chunks.sqlite"
 EMBEDDINGS = "embeddings.arrow"
 FAISS_FILE = "index.faiss"
 MOTION_FEATURES = "motion_features.arrow"
+WINDOWS = "windows.arrow"
 STAGE_DIR = "stages"
 EMBED_DIR = "embed"
 

@@ -1,7 +1,7 @@
 """The build stages of one index version, and `run_build`, which runs them from plan to publish.
 
 Stages (each skipped on a re-run when its done marker `stages/<stage>.done` exists): `plan` -> `chunk` ->
-`embed` -> `features` (only with a motion_feature_fn) -> `write`, then `publish` switches
+`embed` -> `features` (only with a motion_feature_fn) -> `bank` (only with `IndexConfig.window_bank`) -> `write`, then `publish` switches
 ``INDEX_DIR/CURRENT`` atomically. Until then the previous version stays live and verifies clean, wherever
 a build is killed. Each stage's docstring lists the files it writes (the layout is in indexer/manifest.py).
 
@@ -41,6 +41,7 @@ from indexer.arrow_io import (
     write_embeddings,
     write_motion_features,
 )
+from indexer.bank import bank_enabled, bank_sizes, build_bank, read_bank, write_bank
 from indexer.chunks import ChunkDB, ChunkSpan, IndexedMotion, plan_chunks
 from indexer.config import IndexConfig, MotionFeatureFn, ProgressFn
 from indexer.embed import EmbedBackend, EmbedJob, embed_chunks, feature_reader
@@ -56,6 +57,7 @@ from indexer.manifest import (
     MODEL_FILE,
     MOTION_FEATURES,
     STAGE_DIR,
+    WINDOWS,
     LocalizerRef,
     Manifest,
     RecallReport,
@@ -71,7 +73,7 @@ from indexer.versions import list_versions, next_version
 
 log = logging.getLogger(__name__)
 
-STAGES = ("plan", "chunk", "embed", "features", "write")
+STAGES = ("plan", "chunk", "embed", "features", "bank", "write")
 
 
 @dataclass(frozen=True)
@@ -328,6 +330,30 @@ def stage_features(b: BuildState) -> None:
     write_motion_features(b.vdir / MOTION_FEATURES, out)
 
 
+def stage_bank(b: BuildState) -> None:
+    """Writes `windows.arrow`: the window bank's extra windows of every motion with their embeddings
+    (indexer/bank.py), re-using the base version's rows of unchanged motions when it has a bank of the same
+    sizes (its chunking, hence its model, is the same as this build's for re-used motions)."""
+    req = b.req
+    sizes = bank_sizes(req.config)
+    base = None
+    if b.base_vdir is not None and b.base_manifest is not None and WINDOWS in b.base_manifest.files:
+        base_cfg = IndexConfig.from_dict(b.base_manifest.config)
+        if bank_sizes(base_cfg) == sizes and b.base_manifest.model_fingerprint == b.spec["model"]:
+            base = read_bank(b.base_vdir / WINDOWS)
+    todo = [m for m in req.motions if base is None or m.motion_id not in req.reuse]
+    if todo and req.store is None:
+        raise CorpusError("index build", "window bank windows to embed but no corpus given")
+    features_of = feature_reader(req.store) if req.store is not None else None
+    t0 = time.perf_counter()
+    bank = build_bank(req.model, req.motions, sizes, features_of, base=base, reuse=req.reuse if base else (),
+                      batch_size=req.config.batch_size, dtype=req.config.dtype,
+                      tick=lambda done, total: b.tick("bank", done, total))
+    log.info("%s: window bank of %d windows (%d motions embedded) in %.1f s", b.version, len(bank.motion_ids),
+             len(todo), time.perf_counter() - t0)
+    write_bank(b.vdir / WINDOWS, bank)
+
+
 def stage_write(b: BuildState) -> None:
     """Writes `embeddings.arrow` (all chunks, sorted by chunk_id), `index.faiss`, then removes `embed/` and
     `stages/` and writes `manifest.json` last (its presence marks the version complete)."""
@@ -414,6 +440,9 @@ def run_build(req: BuildRequest) -> BuildReport:
     index_dir = req.index_dir
     if not req.motions:
         raise CorpusError(str(index_dir), "no motions to index")
+    if req.config.window_bank is None:  # auto: resolved here, so the manifest records what was built
+        req = dataclasses.replace(req, config=dataclasses.replace(req.config,
+                                                                  window_bank=bank_enabled(req.config, req.model)))
     if req.motion_feature_fn is not None and req.motion_feature_tag is None:
         req = dataclasses.replace(req, motion_feature_tag=getattr(req.motion_feature_fn, "__qualname__",
                                                                   "motion_features"))
@@ -443,6 +472,8 @@ def run_build(req: BuildRequest) -> BuildReport:
         if req.motion_feature_fn is not None or (base_manifest is not None and base_manifest.motion_feature_tag
                                                  and req.motion_feature_tag):
             stages.append(("features", stage_features))
+        if req.config.window_bank:
+            stages.append(("bank", stage_bank))
         for name, fn in stages:
             if b.done(name):
                 continue

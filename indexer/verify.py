@@ -15,6 +15,7 @@ import numpy as np
 
 from engine.corpus.types import CorpusError, EngineError
 from indexer.arrow_io import read_embeddings, read_motion_features
+from indexer.bank import bank_problems, bank_sizes, read_bank
 from indexer.chunks import ChunkDB, ChunkTable, plan_chunks
 from indexer.config import IndexConfig
 from indexer.faiss_index import load_faiss
@@ -26,6 +27,7 @@ from indexer.manifest import (
     MANIFEST,
     MODEL_FILE,
     MOTION_FEATURES,
+    WINDOWS,
     Manifest,
     checksum_problem,
     read_current,
@@ -79,6 +81,8 @@ def check_files(vdir: Path, man: Manifest, skip: Collection[str] = ()) -> list[s
     for need in (CHUNKS_DB, EMBEDDINGS, FAISS_FILE, MODEL_FILE):
         if need not in man.files:
             problems.append(f"{need}: not listed in the manifest")
+    if man.config.get("window_bank") and WINDOWS not in man.files:
+        problems.append(f"{WINDOWS}: the config has a window bank but the manifest does not list it")
     return problems
 
 
@@ -204,6 +208,8 @@ def _deep_check(vdir: Path, man: Manifest, rep: VerifyReport, corpus) -> None:
         feats = read_motion_features(vdir / MOTION_FEATURES)
         if set(feats) != {m.motion_id for m in motions}:
             rep.problems.append("motion features: motion ids differ from the indexed motions")
+    if (vdir / WINDOWS).exists():
+        rep.problems += bank_problems(read_bank(vdir / WINDOWS, man.dim), motions, bank_sizes(config))
     if corpus is not None:
         store = open_store(corpus)
         rep.problems += [f"corpus: {p}" for p in store.verify(full=True).problems]  # sha256 of its arrays

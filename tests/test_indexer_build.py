@@ -75,7 +75,7 @@ def test_flat_search_equals_brute_force(corpus, model, tmp_path):
     rep = build_index(corpus, tmp_path / "idx", model, SMALL_BLOCKS)
     n_chunks = sum(len(plan_chunks(0, n, fps)) for n, fps in LENGTHS)
     assert rep.n_chunks == n_chunks and rep.n_motions == len(LENGTHS) and rep.n_embedded == n_chunks
-    assert rep.recall.recall == 1.0 and rep.stages_run == ["plan", "chunk", "embed", "write", "publish"]
+    assert rep.recall.recall == 1.0 and rep.stages_run == ["plan", "chunk", "embed", "bank", "write", "publish"]
     index = open_index(tmp_path / "idx")
     import faiss
 
@@ -325,3 +325,118 @@ def test_bad_config_and_empty_corpus(tmp_path, model):
     with pytest.raises(CorpusError, match="no motions"):
         build_index(empty, tmp_path / "idx", model)
     empty.close()
+
+
+# ---------------------------------------------------------------------------------------------- window bank
+BANK = IndexConfig(block_chunks=32, window_bank=True)
+
+
+def _same_bank(dir_a, dir_b) -> None:
+    a, b = open_index(dir_a).bank(), open_index(dir_b).bank()
+    np.testing.assert_array_equal(a.motion_ids, b.motion_ids)
+    np.testing.assert_array_equal(a.rows, b.rows)
+    np.testing.assert_array_equal(a.spans_s, b.spans_s)
+    np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-5)
+
+
+def test_window_bank_holds_every_window_embedded_on_its_own(corpus, model, tmp_path):
+    from indexer.bank import plan_bank_windows
+    from indexer.chunks import resample_window
+
+    rep = build_index(corpus, tmp_path / "idx", model, BANK)
+    assert "bank" in rep.stages_run
+    index = open_index(tmp_path / "idx")
+    assert index.has_bank and index.manifest.config["window_bank"] is True and "windows.arrow" in index.manifest.files
+    bank = index.bank()
+    for mid in (1, 3, 5, 8):  # 200 frames, 640 frames, 900 frames at 30 fps, 21 frames (no extra windows)
+        feats = np.asarray(corpus.features(mid), np.float32)
+        fps = index.motions[mid].fps
+        win = plan_bank_windows(len(feats), fps, (2.0, 4.0, 6.0))
+        assert len(feats) == index.motions[mid].n_frames - 1
+        rows = bank.motion_ids == mid
+        np.testing.assert_array_equal(bank.rows[rows], win)
+        np.testing.assert_allclose(bank.spans_s[rows], win / fps)
+        # The slow path: each window cut, resampled and encoded alone (the transformer has no context).
+        slow = model.encode_motion([resample_window(feats[a:b], fps, model.config.fps) for a, b in win]) \
+            if len(win) else np.zeros((0, 16))
+        np.testing.assert_allclose(bank.vectors[rows], slow, atol=1e-5)
+        spans, vecs = index.motion_windows(mid)
+        cs, cv = index.motion_chunks(mid)
+        assert len(spans) == len(cs) + len(win)
+        np.testing.assert_array_equal(vecs[:len(cs)], cv)
+    # Sizes: 2 s every 1 s, 4 s every 2 s, 6 s every 3 s (half the window), the last one at the motion's end.
+    np.testing.assert_array_equal(plan_bank_windows(100, 20.0, (2.0,)),
+                                  [[0, 40], [20, 60], [40, 80], [60, 100]])
+    np.testing.assert_array_equal(plan_bank_windows(90, 20.0, (4.0,)), [[0, 80], [10, 90]])
+    assert len(plan_bank_windows(30, 20.0, (2.0,))) == 0  # not shorter than the motion: the chunk covers it
+    assert verify(tmp_path / "idx").ok
+
+
+def test_window_bank_on_by_default_auto_only_for_the_window_encoder(corpus, model, tmp_path):
+    assert IndexConfig().window_bank is True
+    assert IndexConfig.from_dict({"kind": "flat"}).window_bank is False  # a manifest from before the bank
+    build_index(corpus, tmp_path / "idx", model, IndexConfig(block_chunks=32, window_bank=None))  # auto
+    index = open_index(tmp_path / "idx")
+    assert not index.has_bank and index.manifest.config["window_bank"] is False
+    spans, _ = index.motion_windows(3)
+    np.testing.assert_array_equal(spans, index.motion_chunks(3)[0])
+    assert len(index.bank().motion_ids) == 0
+
+
+def test_window_bank_add_remove_sync_equal_a_full_rebuild(corpus, model, tmp_path):
+    build_index(corpus, tmp_path / "inc", model, BANK)
+    new = corpus.add_motions([_random_walk(100, 333), _random_walk(101, 15), _random_walk(102, 1200)])
+    add_to_index(tmp_path / "inc", corpus)
+    build_index(corpus, tmp_path / "full", model, BANK)
+    _same_index(tmp_path / "inc", tmp_path / "full")
+    _same_bank(tmp_path / "inc", tmp_path / "full")
+    remove_from_index(tmp_path / "inc", [new.motion_ids[0], 4])
+    corpus.remove_motions([new.motion_ids[0], 4])
+    build_index(corpus, tmp_path / "full2", model, BANK)
+    _same_bank(tmp_path / "inc", tmp_path / "full2")
+    corpus.remove_motions([2])
+    corpus.add_motions([_random_walk(200, 260)])
+    sync_index(tmp_path / "inc", corpus)
+    build_index(corpus, tmp_path / "full3", model, BANK)
+    _same_bank(tmp_path / "inc", tmp_path / "full3")
+    assert verify(tmp_path / "inc", corpus=corpus).ok
+
+
+def test_window_bank_is_checksummed_and_checked(corpus, model, tmp_path):
+    from indexer.bank import BankRows, read_bank, write_bank
+
+    build_index(corpus, tmp_path / "idx", model, BANK)
+    vdir = version_dir(tmp_path / "idx", read_current(tmp_path / "idx"))
+    path = vdir / "windows.arrow"
+    bank = read_bank(path)
+    # Consistent bytes but wrong content (the manifest's sha256 re-recorded): verify's deep check finds it.
+    shifted = BankRows(bank.motion_ids.copy(), bank.rows.copy() + 1, bank.spans_s.copy(), bank.vectors.copy())
+    write_bank(path, shifted)
+    man = json.loads((vdir / "manifest.json").read_text())
+    entry = sha256_file(path)
+    man["files"]["windows.arrow"] = {"sha256": entry.sha256, "bytes": entry.bytes}
+    (vdir / "manifest.json").write_text(json.dumps(man))
+    rep = verify(tmp_path / "idx")
+    assert not rep.ok and any("window bank" in p for p in rep.problems)
+    # A flipped byte: refused before anything reads it.
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert any("windows.arrow: checksum mismatch" in p for p in verify(tmp_path / "idx").problems)
+    with pytest.raises(CorpusError, match="windows.arrow"):
+        open_index(tmp_path / "idx")
+    # A manifest whose config has a bank must list its file.
+    del man["files"]["windows.arrow"]
+    (vdir / "manifest.json").write_text(json.dumps(man))
+    assert any("windows.arrow" in p for p in verify(tmp_path / "idx").problems)
+
+
+def test_window_sims_equal_the_windows_times_the_query(corpus, model, tmp_path):
+    build_index(corpus, tmp_path / "idx", model, BANK)
+    index = open_index(tmp_path / "idx")
+    q = _queries(1)[0]
+    for mid in index.motions:
+        spans, vecs = index.motion_windows(mid)
+        s2, sims = index.motion_window_sims(mid, q)
+        np.testing.assert_array_equal(spans, s2)
+        np.testing.assert_allclose(sims, vecs @ q, atol=1e-6)

@@ -151,8 +151,11 @@ def test_localize_and_cmr_evaluation_jobs(pipeline, tmp_path):
     assert {p.name for p in (tmp_path / "loc").iterdir()} >= {"metrics.json", "truth.jsonl", "run-mlp.jsonl"}
 
     res = cmr_eval(index, tmp_path / "cmr", split="train", ks=(6,), lams=(5.0,), limit=10, max_queries=4,
-                   localizer=loc_run)
+                   localizer=loc_run, fused=True)
     assert [r.setting for r in res.results][-2:] == ["Retrieval only (best 10 s chunk)", "Sliding windows k=6"]
+    # The fused run (no score.json for this localizer: the paper's weights, so the same moments).
+    assert [r.setting for r in res.results][1] == "MLP k=6, fused λ=5 γ=1 μ=0"
+    assert read_run(res.runs["mlp-k6-fused"]).by_query() == read_run(res.runs["mlp-k6-lam5"]).by_query()
     for r in res.results:
         assert r.n_queries == 4 and all(0.0 <= v <= 1.0 for per in r.recall.values() for v in per.values())
     run = read_run(res.runs["mlp-k6-lam5"])
@@ -214,7 +217,8 @@ def test_no_near_duplicates_in_any_top10(searcher, score):
 
     for text in ("kung fu pose", "a person waves the right hand", "someone jumps", "a person walks forward"):
         req = SearchRequest(text, k=12, limit=10, top_m=5, score=score, gamma=0.5)
-        moments = searcher.search(req).moments
+        res = searcher.search(req)
+        moments = res.moments
         assert moments
         by_motion = {}
         for m in moments:
@@ -227,4 +231,7 @@ def test_no_near_duplicates_in_any_top10(searcher, score):
                     assert not (a.start_s <= b.start_s <= b.end_s <= a.end_s)
                     assert not (b.start_s <= a.start_s <= a.end_s <= b.end_s)
         if score == "fused":
-            assert all(m.score == pytest.approx(m.p_se ** 0.5 * math.exp(req.lam * m.r), rel=1e-6) for m in moments)
+            w = res.weights
+            assert w.gamma == 0.5
+            assert all(m.score == pytest.approx(m.p_se ** 0.5 * math.exp(w.lam * m.r + w.mu * (m.s or 0.0)), rel=1e-6)
+                       for m in moments)

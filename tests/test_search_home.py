@@ -58,8 +58,9 @@ def test_searcher_falls_back_to_the_shipped_localizer_when_the_index_one_is_gone
 
 
 # ---------------------------------------------------------------------------------------------- staleness
-def _manifest(model: str = "m" * 64, localizer: LocalizerRef | None = None, tag: str | None = None) -> Manifest:
-    return Manifest(version="000001", config={}, model_fingerprint=model, dim=4, n_motions=1, n_chunks=1,
+def _manifest(model: str = "m" * 64, localizer: LocalizerRef | None = None, tag: str | None = None,
+              bank: bool = True) -> Manifest:
+    return Manifest(version="000001", config={"window_bank": bank}, model_fingerprint=model, dim=4, n_motions=1, n_chunks=1,
                     files={"model.pt": FileEntry("0" * 64, 1)}, localizer=localizer, motion_feature_tag=tag)
 
 
@@ -71,6 +72,8 @@ def test_default_index_stale_decision():
     assert default_index_stale(fresh, "m" * 64, "l" * 64) is None
     assert "retrieval model changed" in default_index_stale(fresh, "n" * 64, "l" * 64)
     assert "localizer changed" in default_index_stale(fresh, "m" * 64, "k" * 64)
+    # Built before the window bank (the default fused score's s): rebuilt once.
+    assert "no window bank" in default_index_stale(_manifest(localizer=ref, bank=False), "m" * 64, "l" * 64)
     # Manifests from before `localizer` carry the checkpoint's sha256 as the motion feature tag.
     assert default_index_stale(_manifest(tag="l" * 64), "m" * 64, "l" * 64) is None
     assert "localizer changed" in default_index_stale(_manifest(tag="k" * 64), "m" * 64, "l" * 64)

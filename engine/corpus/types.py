@@ -101,13 +101,17 @@ class Moment:
     path: str = ""
     duration_s: float = 0.0
     label: str | None = None
+    s: float | None = None  # the span's own window similarity, when the score used it (engine/scoring.py)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form the CLI (`--json`) and the HTTP API share."""
-        return {"rank": self.rank, "motion_id": self.motion_id, "name": self.name, "source": self.source,
-                "path": self.path, "start_s": self.start_s, "end_s": self.end_s,
-                "score": self.score, "p_se": self.p_se, "r": self.r, "label": self.label,
-                "duration_s": self.duration_s}
+        d = {"rank": self.rank, "motion_id": self.motion_id, "name": self.name, "source": self.source,
+             "path": self.path, "start_s": self.start_s, "end_s": self.end_s,
+             "score": self.score, "p_se": self.p_se, "r": self.r, "label": self.label,
+             "duration_s": self.duration_s}
+        if self.s is not None:
+            d["s"] = self.s
+        return d
 
 
 class EngineError(ValueError):

@@ -290,12 +290,13 @@ def create_app(searcher=None, searcher_factory: Callable[[], Any] | None = None,
         q: str = Query(..., description=f'What to find, e.g. "kung fu pose" (1-{MAX_QUERY_CHARS} characters).'),
         k: int = Query(DEFAULTS.k, description=f"Motions retrieved before localization (1-{MAX_K}; capped at "
                        "the corpus size)."),
-        lam: float = Query(DEFAULTS.lam, description=f"Score = p_se * exp(lam * r) (0-{MAX_LAM:g})."),
+        lam: float | None = Query(None, description=f"Score = p_se * exp(lam * r) (0-{MAX_LAM:g}; default 5, "
+                                  "with score=fused the fitted value)."),
         limit: int = Query(DEFAULTS.limit, description=f"Moments to return (1-{MAX_LIMIT})."),
         r: Literal["moment", "motion"] = Query(DEFAULTS.r_mode, description="r in the score: moment (the best "
                                                "chunk covering the moment) or motion (the paper: the motion's best chunk)."),
-        score: Literal["fused", "paper"] = Query(DEFAULTS.score, description="fused: p_se ** gamma * exp(lam * r) "
-                                                 "(fitted on val) | paper: p_se * exp(lam * r)."),
+        score: Literal["fused", "paper"] = Query(DEFAULTS.score, description="fused: p_se ** gamma * exp(lam * r "
+                                                 "+ mu * s) (fitted on val) | paper: p_se * exp(lam * r)."),
         per_motion: int = Query(DEFAULTS.per_motion, description="At most this many moments of one motion "
                                 "(0: no cap)."),
     ) -> SearchOut:
