@@ -203,11 +203,15 @@ class Searcher:
     requests with one Searcher per worker or a lock around `search`.
     `use_motion_cache=False` encodes every motion from its raw features on every request: neither the
     index's cached encoding nor earlier requests' are used (the naive path benches compare to).
+    `fast` (default): the localizer runs on its fast path (`Localizer.localize_pairs`: query-independent
+    tensors kept per motion, all pairs of a round in one batch, decoding vectorised) and the moments' r
+    for all motions of a round at once; `fast=False` is the plain path (one `Localizer.localize` call per
+    round, one `moment_rs` per motion), which the oracle tests compare it to.
     """
 
     def __init__(self, index_dir: str | Path | ChunkIndex, localizer: str | Path | None = None,
                  corpus: str | Path | None = None, device: str = "cpu", bf16: bool = False,
-                 use_motion_cache: bool = True):
+                 use_motion_cache: bool = True, fast: bool = True):
         from engine.corpus.device import resolve_device
         from engine.corpus.store import CorpusStore
         from engine.home import default_localizer_path
@@ -256,6 +260,11 @@ class Searcher:
         self.motions: dict[int, MotionInfo] = {m.motion_id: m for m in self.store.motion_table()}
         self._encoded: dict[int, object] = {}
         self._labels: dict[int, list] = {}
+        # The fast path (`localizer.fast`): the localizer's query-independent tensors of every motion seen,
+        # one padded bank per index, and the chunk spans in embedding-row order for the moments' r.
+        self.fast = fast
+        self._bank = None
+        self._chunk_rows: tuple | None = None
 
     # ------------------------------------------------------------------ helpers
     def moment_r(self, query_vec: np.ndarray, motion_id: int, start_s: float, end_s: float) -> float:
@@ -276,10 +285,50 @@ class Searcher:
             cover[none] = inter[none] == inter[none].max(axis=1, keepdims=True)
         return np.where(cover, sim[None, :], -np.inf).max(axis=1)
 
+    def moment_rs_many(self, query_vec: np.ndarray, motion_ids: Sequence[int],
+                       spans_s: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """`moment_rs` of the moments of several motions at once: spans_s[i] (M_i, 2) of motion_ids[i] ->
+        one (M_i,) array each; one matrix product and one masked maximum for all of them."""
+        if self._chunk_rows is None:
+            emb = self.index.embeddings()
+            rows = self.index.table.rows(emb.chunk_ids)
+            mids = np.asarray(emb.motion_ids)
+            starts = np.flatnonzero(np.r_[True, mids[1:] != mids[:-1]]) if len(mids) else np.zeros(0, np.int64)
+            ends = np.r_[starts[1:], len(mids)].astype(np.int64)
+            where = {int(mids[a]): (int(a), int(b)) for a, b in zip(starts, ends)}
+            self._chunk_rows = (where, self.index.table.start_s[rows].astype(np.float64),
+                                self.index.table.end_s[rows].astype(np.float64), emb.vectors)
+        where, c_start, c_end, vecs = self._chunk_rows
+        n = len(motion_ids)
+        ab = np.array([where.get(int(m), (0, 0)) for m in motion_ids], dtype=np.int64).reshape(n, 2)
+        counts = np.array([len(sp) for sp in spans_s], dtype=np.int64)
+        if counts.sum() == 0:
+            return [np.zeros(0) for _ in range(n)]
+        width = max(1, int((ab[:, 1] - ab[:, 0]).max()))
+        cols = ab[:, :1] + np.arange(width)[None, :]  # (n, C) embedding rows of each motion's chunks
+        has = cols < ab[:, 1:2]
+        cols = np.where(has, cols, 0)
+        sim = (vecs[cols.reshape(-1)] @ query_vec).reshape(n, width)  # (n, C)
+        owner = np.repeat(np.arange(n), counts)  # (M,) the motion of each moment
+        sp = np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in spans_s])
+        a, b = sp[:, 0:1], sp[:, 1:2]
+        cs, ce, ok = c_start[cols[owner]], c_end[cols[owner]], has[owner]  # (M, C)
+        inter = np.clip(np.minimum(ce, b) - np.maximum(cs, a), 0.0, None)
+        shorter = np.maximum(np.minimum(ce - cs, b - a), 1e-9)
+        cover = (inter / shorter >= 0.5) & ok
+        none = ~cover.any(axis=1)
+        if none.any():  # the chunk(s) nearest the moment
+            near = np.where(ok[none], inter[none], -np.inf)
+            cover[none] = (near == near.max(axis=1, keepdims=True)) & ok[none]
+        best = np.where(cover, sim[owner], -np.inf).max(axis=1)
+        return np.split(best, np.cumsum(counts)[:-1])
+
     def clear_caches(self) -> None:
         """Forget encoded motions and labels (the next requests encode again)."""
         self._encoded.clear()
         self._labels.clear()
+        if self._bank is not None:
+            self._bank.clear()
 
     def _encoded_motions(self, motion_ids: Sequence[int], keep: bool = True):
         from localizer.infer import EncodedMotion
@@ -376,7 +425,7 @@ class Searcher:
             enc = self._encoded_motions(flat, keep=keep)
             t2 = time.perf_counter()
             texts = [reqs[qi].text for qi, ids in work for _ in ids]
-            spans = self._localize_pairs(texts, enc, work, reqs)
+            spans = self._localize_pairs(texts, enc, work, reqs, keep=keep)
             t3 = time.perf_counter()
             n = len(flat)
             at = 0
@@ -384,7 +433,12 @@ class Searcher:
                 req = reqs[qi]
                 mine = spans[at: at + len(ids)]
                 at += len(ids)
-                if req.r_mode == "moment":
+                if req.r_mode == "moment" and self.fast:
+                    rs_all = self.moment_rs_many(qs[qi], ids, [np.array([[s.start_s, s.end_s] for s in row])
+                                                              .reshape(-1, 2) for row in mine])
+                    hits = [[SpanHit(s.start_s, s.end_s, s.p_se, float(r)) for s, r in zip(row, rs)]
+                            for row, rs in zip(mine, rs_all)]
+                elif req.r_mode == "moment":
                     hits = []
                     for mid, row in zip(ids, mine):
                         rs = self.moment_rs(qs[qi], mid, np.array([[s.start_s, s.end_s] for s in row]).reshape(-1, 2))
@@ -405,19 +459,33 @@ class Searcher:
                                     timings_s=t))
         return out
 
-    def _localize_pairs(self, texts, enc, work, reqs) -> list:
+    def _motion_bank(self, keep: bool):
+        """The Searcher's MotionBank (None: a throw-away one, when encoded motions are not to be kept)."""
+        if not keep:
+            return None
+        if self._bank is None:
+            self._bank = self.localizer.motion_bank()
+        return self._bank
+
+    def _localize_pairs(self, texts, enc, work, reqs, keep: bool = True) -> list:
         """The localizer over (text, motion) pairs, one pass per distinct (top_m, nms_iou, batch_size) among
         the requests (usually one: every request with the defaults shares it); spans in pair order."""
         groups: dict[tuple, list[int]] = {}
         at = 0
         for qi, ids in work:
             r = reqs[qi]
-            groups.setdefault((r.top_m, r.nms_iou, r.batch_size), []).extend(range(at, at + len(ids)))
+            key = (r.top_m, r.nms_iou) if self.fast else (r.top_m, r.nms_iou, r.batch_size)
+            groups.setdefault(key, []).extend(range(at, at + len(ids)))
             at += len(ids)
         out: list = [None] * at
-        for (top_m, nms_iou, batch), rows in groups.items():
-            spans = self.localizer.localize([texts[i] for i in rows], [enc[i] for i in rows], top_m=top_m,
-                                            nms_iou=nms_iou, batch_size=batch)
+        for key, rows in groups.items():
+            top_m, nms_iou = key[:2]
+            if self.fast:
+                spans = self.localizer.localize_pairs([texts[i] for i in rows], [enc[i] for i in rows], top_m=top_m,
+                                                      nms_iou=nms_iou, bank=self._motion_bank(keep))
+            else:
+                spans = self.localizer.localize([texts[i] for i in rows], [enc[i] for i in rows], top_m=top_m,
+                                                nms_iou=nms_iou, batch_size=key[2])
             for i, sp in zip(rows, spans):
                 out[i] = sp
         return out

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from localizer.decode import decode_best, decode_top, index_to_seconds, max_len_
 from localizer.fingerprint import localizer_fingerprint, resolve_checkpoint
 from localizer.model import MLPLocalizer
 from localizer.train import autocast, load_localizer, resolve_device
+
+if TYPE_CHECKING:
+    from localizer.fast import MotionBank
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +222,78 @@ class Localizer:
                 spans.append(LocalizedSpan(start_s=t_s, end_s=t_e, p_se=p, start_idx=i_s, end_idx=i_e,
                                            motion_id=dist.motion_id))
             results.append(spans)
+        return results
+
+    def motion_bank(self) -> MotionBank:
+        """An empty MotionBank for this model (the fast path's per-index cache of query-independent tensors)."""
+        from localizer.fast import MotionBank
+
+        return MotionBank(self.model, device=self.device)
+
+    def _max_lens(self, lengths: Sequence[int], durations: Sequence[float],
+                  max_span_s: float | str | None) -> list[int | None]:
+        if isinstance(max_span_s, str) and max_span_s != "learned":
+            raise ValueError(f"max_span_s must be 'learned', a number of seconds or None, got {max_span_s!r}")
+        if max_span_s == "learned":
+            learned = self.config.max_span
+            return [learned.max_len(t, d) if learned is not None else None for t, d in zip(lengths, durations)]
+        return [max_len_snippets(max_span_s, t, d) for t, d in zip(lengths, durations)]
+
+    @torch.inference_mode()
+    def localize_pairs(self, texts: Sequence[str], motions: Sequence[EncodedMotion], top_m: int = 1,
+                       nms_iou: float = 0.5, max_span_s: float | str | None = "learned",
+                       bank: MotionBank | None = None, batch_size: int = 512) -> list[list[LocalizedSpan]]:
+        """`localize` of pair i = (texts[i], motions[i]) for every i, on the fast path (`localizer.fast`):
+        the motions' query-independent tensors come from `bank` (filled as needed; a throw-away one when
+        None), each distinct sentence is prepared once, the pairs run in padded batches of `batch_size`
+        and all spans are decoded at once (`decode_top_batch`). Same spans as `localize` (oracle tests);
+        every motion needs its motion_id. bf16: as `localize`, under autocast."""
+        from localizer.decode import decode_top_batch
+        from localizer.fast import pair_probs, text_side
+
+        if len(texts) != len(motions):
+            raise ValueError("localize_pairs: one text per motion")
+        if not motions:
+            return []
+        bank = bank if bank is not None else self.motion_bank()
+        uniq: dict[str, int] = {}
+        text_idx = [uniq.setdefault(t.strip() if isinstance(t, str) else t, len(uniq)) for t in texts]
+        tokens = self.texts_tokens(list(uniq))
+        with autocast(self.device, self.bf16):
+            ts = text_side(self.model, tokens, device=self.device)
+            slots = bank.slots(motions)
+            tidx = torch.tensor(text_idx, dtype=torch.long, device=self.device)
+            ps_all, pe_all, lens_all = [], [], []
+            for a in range(0, len(motions), batch_size):
+                probs, mask = pair_probs(self.model, bank, slots[a: a + batch_size], ts, tidx[a: a + batch_size])
+                ps_all.append(probs.p_start.float().cpu())
+                pe_all.append(probs.p_end.float().cpu())
+                lens_all.append(mask.sum(dim=1).cpu())
+        lengths = [em.n_snippets for em in motions]
+        durations = [em.duration_s for em in motions]
+        max_lens = self._max_lens(lengths, durations, max_span_s)
+        results: list[list[LocalizedSpan]] = []
+        at = 0
+        for ps, pe in zip(ps_all, pe_all):
+            n = ps.shape[0]
+            rows_len = lengths[at: at + n]
+            rows_lim = max_lens[at: at + n]
+            if top_m == 1:  # as `localize`: decode_best's float32 product, ties to the smallest flat index
+                lim = None if all(m is None for m in rows_lim) else torch.tensor(
+                    [ps.shape[1] + 1 if m is None else m for m in rows_lim], dtype=torch.long)
+                valid = torch.arange(ps.shape[1]).unsqueeze(0) < torch.tensor(rows_len).unsqueeze(1)
+                dec = decode_best(ps * valid, pe * valid, lim)
+                cands = [[(int(i), int(j), float(p))] for i, j, p in
+                         zip(dec.start_idx.tolist(), dec.end_idx.tolist(), dec.p_se.tolist())]
+            else:
+                cands = [[(c.start_idx, c.end_idx, c.p_se) for c in row]
+                         for row in decode_top_batch(ps, pe, rows_len, top_m, nms_iou, rows_lim)]
+            for j, row in enumerate(cands):
+                em = motions[at + j]
+                t, d = lengths[at + j], em.duration_s
+                results.append([LocalizedSpan(start_s=i_s / t * d, end_s=(i_e + 1) / t * d, p_se=p, start_idx=i_s,
+                                              end_idx=i_e, motion_id=em.motion_id) for i_s, i_e, p in row])
+            at += n
         return results
 
     def localize_features(self, text: str, features: Sequence[np.ndarray], fps: float | Sequence[float] = 20.0,
