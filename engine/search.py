@@ -84,17 +84,22 @@ class Ranker:
     """The ranking loop of one query as a resumable state machine, so that several queries can share each
     localizer pass (`Searcher.search_many`, the server's micro-batches): `next_batch()` names the motions to
     localize next (None when done: all localized, or pruned), `add(ids, spans)` takes their spans.
-    `rank_moments` drives one Ranker alone; the result is the same either way."""
+    `rank_moments` drives one Ranker alone; the result is the same either way. With `growth` > 1 each
+    batch is that much larger than the one before (the fast path's few large passes); the moments are the
+    same for any batch sizes, only how many motions get localized before the pruning stops differs."""
 
     def __init__(self, motion_ids: Sequence[int], r: Sequence[float], lam: float, limit: int | None,
                  batch_size: int = 32, prune: bool = True, keep: Callable[[int, float, float], bool] | None = None,
-                 gamma: float = 1.0, dedup_iou: float | None = None, per_motion: int = 0):
+                 gamma: float = 1.0, dedup_iou: float | None = None, per_motion: int = 0, growth: float = 1.0):
         self.r = np.asarray(r, dtype=np.float64)
         if len(self.r) > 1 and np.any(np.diff(self.r) > 1e-12):
             raise ValueError("rank_moments: motions must be sorted by decreasing r")
         self.motion_ids = list(motion_ids)
         self.lam, self.limit, self.batch_size, self.prune, self.keep = lam, limit, batch_size, prune, keep
         self.gamma, self.dedup_iou, self.per_motion = gamma, dedup_iou, per_motion
+        if growth < 1.0:
+            raise ValueError(f"Ranker: growth must be >= 1, got {growth}")
+        self.growth = growth  # batch i holds batch_size * growth**i motions (fewer, larger localizer passes)
         self.cands: list[tuple[tuple[float, int, float], Moment]] = []  # ((-score, r order, start), moment)
         self.kth = -math.inf
         self.b0 = 0
@@ -106,7 +111,8 @@ class Ranker:
         if (self.prune and self.limit is not None and len(self.cands) >= self.limit
                 and math.exp(self.lam * self.r[self.b0]) < self.kth):
             return None
-        return self.motion_ids[self.b0: self.b0 + self.batch_size]
+        size = max(1, int(round(self.batch_size * self.growth ** self.batches)))
+        return self.motion_ids[self.b0: self.b0 + size]
 
     def add(self, ids: Sequence[int], spans: Sequence[Sequence[SpanHit]]) -> None:
         b0 = self.b0
@@ -263,6 +269,7 @@ class Searcher:
         # The fast path (`localizer.fast`): the localizer's query-independent tensors of every motion seen,
         # one padded bank per index, and the chunk spans in embedding-row order for the moments' r.
         self.fast = fast
+        self.batch_growth = 2.0  # fast path: localizer batches of batch_size, then twice as many each round
         self._bank = None
         self._chunk_rows: tuple | None = None
 
@@ -413,7 +420,7 @@ class Searcher:
             rankers.append(Ranker(ids, rs, req.lam, req.limit, batch_size=req.batch_size, prune=req.prune,
                                   keep=(lambda _m, s, e, req=req: req.keeps_moment(s, e)) if req.filters_moments
                                   else None, gamma=req.p_se_power, dedup_iou=req.dedup_iou,
-                                  per_motion=req.per_motion))
+                                  per_motion=req.per_motion, growth=self.batch_growth if self.fast else 1.0))
         while True:
             # One round: the next batch of every request still ranking, localized in one pass.
             work = [(qi, ids) for qi, rk in enumerate(rankers) if (ids := rk.next_batch()) is not None]
@@ -480,9 +487,15 @@ class Searcher:
         out: list = [None] * at
         for key, rows in groups.items():
             top_m, nms_iou = key[:2]
-            if self.fast:
-                spans = self.localizer.localize_pairs([texts[i] for i in rows], [enc[i] for i in rows], top_m=top_m,
-                                                      nms_iou=nms_iou, bank=self._motion_bank(keep))
+            if self.fast:  # a (sentence, motion) pair that several requests of the round hold runs once
+                first: dict[tuple, int] = {}
+                for i in rows:
+                    first.setdefault((texts[i].strip(), enc[i].motion_id), i)
+                uniq = list(first.values())
+                got = self.localizer.localize_pairs([texts[i] for i in uniq], [enc[i] for i in uniq], top_m=top_m,
+                                                    nms_iou=nms_iou, bank=self._motion_bank(keep))
+                by_pair = dict(zip(first, got))
+                spans = [by_pair[(texts[i].strip(), enc[i].motion_id)] for i in rows]
             else:
                 spans = self.localizer.localize([texts[i] for i in rows], [enc[i] for i in rows], top_m=top_m,
                                                 nms_iou=nms_iou, batch_size=key[2])

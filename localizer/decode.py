@@ -171,7 +171,12 @@ def decode_top(p_start: np.ndarray | torch.Tensor, p_end: np.ndarray | torch.Ten
         return [SpanCandidate(a // t, a % t, float(flat[a]))]
     k = min(n_pos, max(64, 16 * top_m))
     while True:
-        part = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
+        if k < flat.size:  # the first k of the (descending p, ascending index) order, ties included exactly
+            v = -np.partition(-flat, k - 1)[k - 1]  # the k-th largest value
+            above = np.flatnonzero(flat > v)
+            part = np.concatenate([above, np.flatnonzero(flat == v)[: k - len(above)]])
+        else:
+            part = np.arange(flat.size)
         order = part[np.lexsort((part, -flat[part]))]  # descending p, ties by flat index
         cands = [SpanCandidate(int(a // t), int(a % t), float(flat[a])) for a in order if flat[a] > 0]
         kept = nms(cands, nms_iou, top_m)

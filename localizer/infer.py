@@ -247,7 +247,7 @@ class Localizer:
         the motions' query-independent tensors come from `bank` (filled as needed; a throw-away one when
         None), each distinct sentence is prepared once, the pairs run in padded batches of `batch_size`
         and all spans are decoded at once (`decode_top_batch`). Same spans as `localize` (oracle tests);
-        every motion needs its motion_id. bf16: as `localize`, under autocast."""
+        every motion needs its motion_id. A bf16 Localizer answers with `localize`."""
         from localizer.decode import decode_top_batch
         from localizer.fast import pair_probs, text_side
 
@@ -255,20 +255,20 @@ class Localizer:
             raise ValueError("localize_pairs: one text per motion")
         if not motions:
             return []
+        if self.bf16:  # the fast path is float32 (its in-place products do not mix dtypes): the plain one
+            return self.localize(list(texts), motions, top_m=top_m, nms_iou=nms_iou, max_span_s=max_span_s)
         bank = bank if bank is not None else self.motion_bank()
         uniq: dict[str, int] = {}
         text_idx = [uniq.setdefault(t.strip() if isinstance(t, str) else t, len(uniq)) for t in texts]
         tokens = self.texts_tokens(list(uniq))
-        with autocast(self.device, self.bf16):
-            ts = text_side(self.model, tokens, device=self.device)
-            slots = bank.slots(motions)
-            tidx = torch.tensor(text_idx, dtype=torch.long, device=self.device)
-            ps_all, pe_all, lens_all = [], [], []
-            for a in range(0, len(motions), batch_size):
-                probs, mask = pair_probs(self.model, bank, slots[a: a + batch_size], ts, tidx[a: a + batch_size])
-                ps_all.append(probs.p_start.float().cpu())
-                pe_all.append(probs.p_end.float().cpu())
-                lens_all.append(mask.sum(dim=1).cpu())
+        ts = text_side(self.model, tokens, device=self.device)
+        slots = bank.slots(motions)
+        tidx = torch.tensor(text_idx, dtype=torch.long, device=self.device)
+        ps_all, pe_all = [], []
+        for a in range(0, len(motions), batch_size):
+            probs, _ = pair_probs(self.model, bank, slots[a: a + batch_size], ts, tidx[a: a + batch_size])
+            ps_all.append(probs.p_start.float().cpu())
+            pe_all.append(probs.p_end.float().cpu())
         lengths = [em.n_snippets for em in motions]
         durations = [em.duration_s for em in motions]
         max_lens = self._max_lens(lengths, durations, max_span_s)
