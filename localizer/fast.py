@@ -142,33 +142,36 @@ def attention_maps(blk: SGPABlock, tk: torch.Tensor, tv: torch.Tensor, mask: tor
 
 
 def motion_block(blk: SGPABlock, fw: FastWeights, fs: FromSide, keys: torch.Tensor, vals: torch.Tensor,
-                 bias: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`pair_block` for the long (motion) side, reading the text through `attention_maps`."""
+                 bias: torch.Tensor, mask: torch.Tensor, full: bool = False) -> torch.Tensor:
+    """`pair_block` for the long (motion) side, reading the text through `attention_maps`; `full`: no
+    padded snippet in the batch (the mask is all True)."""
     b, t, d = fs.x.shape
     h = blk.n_heads
     sc = torch.baddbmm(bias, fs.q, keys)  # (B, T, H*N)
     a = softmax_short(sc.view(b, t, h, -1)).view(b, t, -1)
     x_val = torch.baddbmm(blk.x_proj.bias, a, vals)  # x_proj(attention)
     g = torch.sigmoid_(blk.x_gate(x_val)).mul_(fs.s_val)
-    gated = blk.guided_dense(g.add_(fs.s_gate * x_val))
+    gated = blk.guided_dense(g.addcmul_(fs.s_gate, x_val))
     sv = F.linear(gated, fw.sv_w, fw.sv_b)  # (B, T, 2d): bilinear_s2 | bilinear_v2
     scores = sv[..., :d].add_(fs.bs)
-    out = torch.sigmoid_(scores.masked_fill_(~mask.unsqueeze(-1), _NEG)).mul_(sv[..., d:].add_(fs.bv))
+    if not full:
+        scores.masked_fill_(~mask.unsqueeze(-1), _NEG)
+    out = torch.sigmoid_(scores).mul_(sv[..., d:].add_(fs.bv))
     residual = blk.output_dense(out).add_(fs.x)
     return blk.out_layer(blk.ln_out(residual)).add_(residual)
 
 
 def context_query(model: MLPLocalizer, fw: FastWeights, c: torch.Tensor, q: torch.Tensor, c_mask: torch.Tensor,
-                  q_mask: torch.Tensor) -> torch.Tensor:
+                  q_mask: torch.Tensor, full: bool = False) -> torch.Tensor:
     """`ContextQueryAttention` (eval) with its products reassociated: q2c = s_row (s_col^T c) instead of
-    (s_row s_col^T) c, the c2q block of `out` applied to q before the attention."""
+    (s_row s_col^T) c, the c2q block of `out` applied to q before the attention; `full`: c_mask all True."""
     cqa = model.cqa
     d = c.shape[-1]
     w1, w2, w3, w4 = fw.cqa_w
     score = torch.baddbmm((q @ cqa.w_q).transpose(1, 2), c, (q * cqa.w_cq).transpose(1, 2))  # (B, T, N)
     score += c @ cqa.w_c
     s_row = softmax_short(score.masked_fill(~q_mask[:, None, :], _NEG))
-    s_col = torch.softmax(score.masked_fill_(~c_mask[:, :, None], _NEG), dim=1)
+    s_col = torch.softmax(score if full else score.masked_fill_(~c_mask[:, :, None], _NEG), dim=1)
     c2q = s_row @ q  # (B, T, d)
     q2c = s_row @ (s_col.transpose(1, 2) @ c)
     out = torch.baddbmm(F.linear(c, w1, cqa.out.bias), s_row, q @ w2.t())
@@ -320,14 +323,15 @@ def pair_probs(model: MLPLocalizer, bank: MotionBank, slots: torch.Tensor, text:
         keys, vals, bias = (x.expand((len(slots),) + x.shape[1:]) for x in (text.keys, text.vals, text.bias))
     else:
         keys, vals, bias = (x.index_select(0, text_idx) for x in (text.keys, text.vals, text.bias))
-    m = motion_block(mb, fw, m_fs, keys, vals, bias, m_mask)
+    full = bool(m_mask.all())
+    m = motion_block(mb, fw, m_fs, keys, vals, bias, m_mask, full)
     q = pair_block(tb, q_fs, m_tk, m_tv, q_mask, m_mask)
     tenc = model.tenc
     text_blocks = tenc.motion_blocks if tenc.text_blocks is None else tenc.text_blocks
     for mblk, tblk in list(zip(tenc.motion_blocks, text_blocks))[1:]:
         m, q = mblk(m, q, m_mask, q_mask), tblk(q, m, q_mask, m_mask)
     # The rest of MLPLocalizer.forward_encoded (eval) and localize.
-    x = context_query(model, fw, m, q, m_mask, q_mask)
+    x = context_query(model, fw, m, q, m_mask, q_mask, full)
     x = sentence_concat(model, fw, x, q, q_mask)
     h_logits = model.matcher(x, m_mask, None).float()
     h = torch.sigmoid(h_logits.masked_fill(~m_mask, _NEG))
@@ -335,3 +339,43 @@ def pair_probs(model: MLPLocalizer, bank: MotionBank, slots: torch.Tensor, text:
     start, end, _, _ = model.predictor(x, m_mask)
     return SpanProbs(p_start=torch.softmax(start.float(), dim=-1), p_end=torch.softmax(end.float(), dim=-1),
                      highlight=h.float()), m_mask
+
+
+def pair_flops(cfg, t: int, n: int, fast: bool = True) -> int:
+    """Multiply-add FLOPs (2 per multiply-add, matrix products only) of one (sentence, motion) pair with
+    t snippets and n tokens, counted from the architecture (`MLPConfig`): on the fast path (`pair_probs`,
+    the first block's one-sided halves excluded: they are per motion or per sentence) or the plain one
+    (`MLPLocalizer.localize` after the cached S-Enc). The text encoder and the sentence's own projection
+    are not counted (once per query, not per pair)."""
+    d, h = cfg.d_model, cfg.n_heads
+    lin_t, lin_n = 2 * t * d * d, 2 * n * d * d  # one d x d linear over the snippets / the tokens
+    full_block = (14 * lin_t + 2 * lin_n + 4 * t * t * d + 4 * t * n * d  # motion side (keys/values of text)
+                  + 14 * lin_n + 2 * lin_t + 4 * n * n * d + 4 * n * t * d)  # text side
+    if fast:
+        first = (2 * t * d * h * n + 2 * t * h * n * d + 6 * lin_t  # motion side: maps, 6 linears
+                 + 4 * n * t * d + 7 * lin_n)  # text side: attention over the motion, 7 linears
+        cqa = 3 * lin_t + 10 * t * n * d + 2 * n * d * d
+        concat = lin_t + 2 * d * d
+    else:
+        first = full_block
+        cqa = 4 * lin_t + 2 * t * n * d + 2 * t * t * n + 2 * t * t * d + 2 * t * n * d
+        concat = 2 * lin_t
+    rest = (cfg.n_sgpa - 1) * full_block
+    gru = 2 * 6 * lin_t  # two GRUs: input and hidden products of three gates
+    heads = 2 * (lin_t + 2 * t * d)
+    return int(first + rest + cqa + concat + 2 * t * d + gru + heads)
+
+
+def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """This process's fp32 matrix-product rate (GFLOP/s) on an n x n x n product, at torch's thread count:
+    the denominator of a bench's achieved fraction of peak."""
+    import time
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
