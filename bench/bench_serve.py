@@ -49,6 +49,8 @@ def start_server(args, port: int, log_path: Path) -> subprocess.Popen:
     if args.localizer:
         cmd += ["--localizer", args.localizer]
     cmd += ["--cache-size", str(args.cache_size), "--batch-window-ms", str(args.batch_window_ms)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     root = str(Path(__file__).resolve().parents[1])
@@ -99,6 +101,7 @@ def main() -> None:
     ap.add_argument("--cache-size", type=int, default=256, help="the server's result cache (0: every request "
                     "searches; the micro-batching alone)")
     ap.add_argument("--batch-window-ms", type=float, default=4.0, help="the server's micro-batch window")
+    ap.add_argument("--threads", type=int, default=1, help="the server's torch threads (0: torch's default)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -173,7 +176,8 @@ def main() -> None:
         "errors": len(errors), "error_samples": errors[:5], "mismatches": len(mismatches),
         "identical_to_sequential": not mismatches and not errors,
         "stopped_by_max_seconds": done + len(errors) < args.requests,
-        "cache_size": args.cache_size, "batch_window_ms": args.batch_window_ms,
+        "cache_size": args.cache_size, "batch_window_ms": args.batch_window_ms, "threads": args.threads,
+        "loadavg": os.getloadavg(),
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -184,6 +188,8 @@ def main() -> None:
         print(f"load: {done}/{args.requests} ok in {wall:.1f} s with {args.concurrency} clients -> "
               f"{out['throughput_rps']} req/s; latency p50 {out['latency_s']['p50'] * 1000:.0f} ms, "
               f"p95 {out['latency_s']['p95'] * 1000:.0f} ms, max {out['latency_s']['max'] * 1000:.0f} ms")
+        print(f"server threads {args.threads or 'default'}, load average "
+              f"{' '.join(f'{x:.2f}' for x in out['loadavg'])}")
         print(f"errors {len(errors)}, mismatches vs sequential {len(mismatches)} -> "
               f"{'identical' if out['identical_to_sequential'] else 'DIFFERENT'}")
     if errors or mismatches:
