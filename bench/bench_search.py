@@ -154,15 +154,16 @@ def main() -> None:
            "top10_identical_to_exhaustive": f"{sum(a == b for a, b in zip(tops_ours, tops_exh))}/{len(queries)}",
            "top10_identical_to_plain": f"{sum(a == b for a, b in zip(tops_ours, tops_plain))}/{npq}",
            "speedup_p50_vs_plain": r_plain["p50_s"] / r_ours["p50_s"]}
-    for name in ("ours", "exhaustive", "plain"):
-        r = out[name]
-        r["peak_fraction_localize"] = r["localize_gflops"] / peak if r["localize_gflops"] else None
     if args.naive_queries:
         naive = Searcher(ours.index, device=args.device, use_motion_cache=False, fast=False)
         r_naive, tops_naive = run(naive, queries[: args.naive_queries], False)
         out["naive"] = r_naive
         out["top10_identical_to_naive"] = (f"{sum(a == b for a, b in zip(tops_ours, tops_naive))}/"
                                            f"{args.naive_queries}")
+    for name in ("ours", "exhaustive", "plain", "naive"):
+        if name in out:
+            r = out[name]
+            r["peak_fraction_localize"] = r["localize_gflops"] / peak if r["localize_gflops"] else None
     if args.json:
         print(json.dumps(out, indent=2))
         return
@@ -180,7 +181,8 @@ def main() -> None:
         print(f"{'':10s} localizer {r['localizer_gflop_per_query']:.2f} GFLOP/query at "
               f"{r['localize_gflops']:.0f} GFLOP/s = {100 * r['peak_fraction_localize']:.0f}% of peak")
     print(f"top-10 identical: to exhaustive {out['top10_identical_to_exhaustive']}, to the plain path "
-          f"{out['top10_identical_to_plain']}; p50 speed-up vs plain {out['speedup_p50_vs_plain']:.1f}x")
+          f"{out['top10_identical_to_plain']}" + (f", to naive {out['top10_identical_to_naive']}" if args.naive_queries
+                                                 else "") + f"; p50 speed-up vs plain {out['speedup_p50_vs_plain']:.1f}x")
 
 
 if __name__ == "__main__":
