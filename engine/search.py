@@ -311,11 +311,14 @@ class Searcher:
         counts = np.array([len(sp) for sp in spans_s], dtype=np.int64)
         if counts.sum() == 0:
             return [np.zeros(0) for _ in range(n)]
-        width = max(1, int((ab[:, 1] - ab[:, 0]).max()))
+        lens = ab[:, 1] - ab[:, 0]
+        width = max(1, int(lens.max()))
         cols = ab[:, :1] + np.arange(width)[None, :]  # (n, C) embedding rows of each motion's chunks
         has = cols < ab[:, 1:2]
         cols = np.where(has, cols, 0)
-        sim = (vecs[cols.reshape(-1)] @ query_vec).reshape(n, width)  # (n, C)
+        sim = np.full((n, width), -np.inf, dtype=np.float32)
+        for i, (a0, b0) in enumerate(ab.tolist()):  # each motion's own rows, the product moment_rs takes
+            sim[i, : b0 - a0] = vecs[a0:b0] @ query_vec
         owner = np.repeat(np.arange(n), counts)  # (M,) the motion of each moment
         sp = np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in spans_s])
         a, b = sp[:, 0:1], sp[:, 1:2]
@@ -417,7 +420,9 @@ class Searcher:
             ids, rs = self._candidates(qs[qi: qi + 1], req)
             timings.append({"embed_text": t_embed, "retrieve": time.perf_counter() - t0,
                             "motion_encode": 0.0, "localize": 0.0})
-            rankers.append(Ranker(ids, rs, req.lam, req.limit, batch_size=req.batch_size, prune=req.prune,
+            # Without pruning nothing is gained by rounds: the fast path localizes all k motions in one.
+            batch = max(1, len(ids)) if self.fast and not req.prune else req.batch_size
+            rankers.append(Ranker(ids, rs, req.lam, req.limit, batch_size=batch, prune=req.prune,
                                   keep=(lambda _m, s, e, req=req: req.keeps_moment(s, e)) if req.filters_moments
                                   else None, gamma=req.p_se_power, dedup_iou=req.dedup_iou,
                                   per_motion=req.per_motion, growth=self.batch_growth if self.fast else 1.0))
