@@ -1,13 +1,18 @@
-"""Query latency of `engine search` (k=200) against the naive pipeline, measured in one run.
+"""Warm query latency of `engine search` (k=200), the fast path against exhaustive and plain search, in one run.
 
-Ours: FAISS top chunks -> top-k motions -> localizer on cached S-Enc features, exact top-n pruning.
-Naive: the same index, but every query localizes all k motions, encodes each motion from its raw
-features (no cache) in fp32.
+Ours: FAISS top chunks -> top-k motions -> the localizer's fast path (`localizer.fast`: query-independent
+tensors per motion, one batch per round, batched decoding), exact top-n pruning.
+Exhaustive: the same, localizing all k motions (no pruning): the top-10 must be identical.
+Plain: the per-round `Localizer.localize` path with per-motion decoding (`Searcher(fast=False)`).
+Naive (--naive-queries): plain, no motion cache, no pruning.
+Every timed query has a text no cache has seen; the motions it touches are warm. FLOPs per query are
+counted from the localizer's config (`localizer.fast.pair_flops`), the matmul peak is measured in the run.
 
-    python3 bench/bench_search.py --corpus corpora/scale --index indexes/scale --queries 40
-    python3 bench/bench_search.py --synth large --work /tmp/bench-search      # builds what is missing
+    OMP_NUM_THREADS=1 python3 bench/bench_search.py --index ~/.cache/motion-engine/demo-index --queries 40
+    python3 bench/bench_search.py --synth scale --work /tmp/bench-search      # builds what is missing
 
-Prints p50/p95 latency, the stage breakdown and whether the top-10 lists are identical; --json for data.
+Prints p50/p95 latency, the stage breakdown, GFLOP per query and the fraction of the measured fp32 matmul
+peak, and whether the top-10 lists are identical; --json for data.
 """
 
 from __future__ import annotations
@@ -74,11 +79,13 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--k", type=int, default=200)
-    ap.add_argument("--lam", type=float, default=None, help="default 5 (paper), the fitted value (fused)")
-    ap.add_argument("--score", default="paper", choices=["paper", "fused"], help="as engine search --score")
-    ap.add_argument("--localizer", default=None, help="default: the index's (its score.json for --score fused)")
+    ap.add_argument("--lam", type=float, default=None, help="default: the fitted weights' (fused) or 5 (paper)")
+    ap.add_argument("--score", default="fused", choices=["paper", "fused"], help="as engine search --score")
     ap.add_argument("--limit", type=int, default=10)
-    ap.add_argument("--naive-queries", type=int, default=None, help="queries for the naive pipeline (default all)")
+    ap.add_argument("--plain-queries", type=int, default=None, help="queries for the plain path (default all)")
+    ap.add_argument("--naive-queries", type=int, default=0, help="queries for the naive pipeline (no motion "
+                    "cache, no pruning, plain path; default none)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (pinned)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--r", default="moment", choices=["moment", "motion"], help="r in the score (as engine search --r)")
     ap.add_argument("--json", action="store_true")
@@ -86,51 +93,98 @@ def main() -> None:
 
     import torch
 
+    torch.set_num_threads(args.threads)
+
     from engine.request import SearchRequest
     from engine.search import Searcher
+    from localizer.fast import matmul_peak_gflops, pair_flops
 
     corpus, index = prepare(args)
-    ours = Searcher(index, localizer=args.localizer, device=args.device)
-    naive = Searcher(index, localizer=args.localizer, device=args.device, use_motion_cache=False)
+    ours = Searcher(index, device=args.device)
+    plain = Searcher(ours.index, device=args.device, fast=False)
     queries = (QUERIES * (1 + args.queries // len(QUERIES)))[: args.queries]
     base = SearchRequest(queries[0], k=args.k, lam=args.lam, limit=args.limit, r_mode=args.r, score=args.score)
-    weights = ours.search(base).weights  # warm up (text model, FAISS pages)
-    args.lam = weights.lam
+    # Warm up (text model, FAISS pages, the motion bank of every motion a query will touch), without the
+    # bench's own texts: each timed query embeds its text for the first time.
+    for q in ("a person stands still", "warming up"):
+        ours.search(dataclasses.replace(base, text=q, prune=False))
+        plain.search(dataclasses.replace(base, text=q))
+    warm = [m for q in queries for m in ours._candidates(ours.retrieval.encode_text([q]), base)[0]]
+    ours._encoded_motions(warm)
+    ours._motion_bank(True).slots(ours._encoded_motions(warm))
+    loc = ours.localizer
+    cfg = loc.config.model
 
-    def run(searcher, qs, naive_mode):
-        lat, stages, tops, localized = [], {}, [], []
+    def run(searcher, qs, prune, fresh_text=True):
+        lat, cpu, stages, tops, localized, flops = [], [], {}, [], [], []
         for q in qs:
-            t0 = time.perf_counter()
-            res = searcher.search(dataclasses.replace(base, text=q, prune=not naive_mode))
+            if fresh_text:  # a warm engine, a new query: its text is not in any text cache
+                loc._text_cache.pop(q.strip(), None)
+                getattr(searcher.retrieval, "_text_cache", {}).pop(q, None)
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = searcher.search(dataclasses.replace(base, text=q, prune=prune))
             lat.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             for kk, v in res.timings_s.items():
                 stages.setdefault(kk, []).append(v)
             tops.append([(m.motion_id, round(m.start_s, 4), round(m.end_s, 4)) for m in res.moments])
             localized.append(res.localized)
+            n_tok = loc.texts_tokens([q])[0].shape[0]
+            flops.append(res.localized * pair_flops(cfg, cfg.n_snippets, n_tok, fast=searcher.fast))
+        loc_s = statistics.fmean(stages["localize"])
         return {"p50_s": pct(lat, 50), "p95_s": pct(lat, 95), "mean_s": statistics.fmean(lat),
+                "cpu_p50_s": pct(cpu, 50), "cpu_p95_s": pct(cpu, 95),
                 "stages_mean_s": {kk: statistics.fmean(v) for kk, v in stages.items()},
-                "mean_localized": statistics.fmean(localized)}, tops
+                "stages_p50_s": {kk: pct(v, 50) for kk, v in stages.items()},
+                "mean_localized": statistics.fmean(localized), "localizer_gflop_per_query": statistics.fmean(flops) / 1e9,
+                "localize_gflops": statistics.fmean(flops) / 1e9 / loc_s if loc_s > 0 else None}, tops
 
-    # Ours: the motion cache is warm after the first query that touches a motion (as in a served engine).
-    r_ours, tops_ours = run(ours, queries, False)
-    nq = args.naive_queries or len(queries)
-    r_naive, tops_naive = run(naive, queries[:nq], True)
-    same = sum(a == b for a, b in zip(tops_ours, tops_naive))
-    out = {"corpus": str(ours.store.dir), "index": str(index), "r": args.r, "motions": len(ours.motions), "chunks": len(ours.index),
-           "k": args.k, "lam": args.lam, "score": args.score, "weights": dataclasses.asdict(weights),
-           "limit": args.limit, "queries": len(queries), "naive_queries": nq,
-           "device": args.device, "torch_threads": torch.get_num_threads(), "ours": r_ours, "naive": r_naive,
-           "top10_identical": f"{same}/{nq}", "speedup_p50": r_naive["p50_s"] / r_ours["p50_s"]}
+    peak = matmul_peak_gflops()
+    r_ours, tops_ours = run(ours, queries, True)
+    r_exh, tops_exh = run(ours, queries, False)
+    npq = len(queries) if args.plain_queries is None else args.plain_queries
+    r_plain, tops_plain = run(plain, queries[:npq], True)
+    peak = max(peak, matmul_peak_gflops())  # before and after: the better of the two
+    out = {"corpus": str(ours.store.dir), "index": str(index), "r": args.r, "motions": len(ours.motions),
+           "chunks": len(ours.index), "k": args.k, "score": args.score,
+           "weights": dataclasses.asdict(ours.search(base).weights), "limit": args.limit, "queries": len(queries),
+           "device": args.device, "torch_threads": torch.get_num_threads(), "loadavg": os.getloadavg(),
+           "matmul_peak_gflops": peak, "localizer": str(ours.localizer_path),
+           "localizer_config": {"d_model": cfg.d_model, "n_sgpa": cfg.n_sgpa, "n_snippets": cfg.n_snippets,
+                                "n_heads": cfg.n_heads},
+           "ours": r_ours, "exhaustive": r_exh, "plain": r_plain,
+           "top10_identical_to_exhaustive": f"{sum(a == b for a, b in zip(tops_ours, tops_exh))}/{len(queries)}",
+           "top10_identical_to_plain": f"{sum(a == b for a, b in zip(tops_ours, tops_plain))}/{npq}",
+           "speedup_p50_vs_plain": r_plain["p50_s"] / r_ours["p50_s"]}
+    if args.naive_queries:
+        naive = Searcher(ours.index, device=args.device, use_motion_cache=False, fast=False)
+        r_naive, tops_naive = run(naive, queries[: args.naive_queries], False)
+        out["naive"] = r_naive
+        out["top10_identical_to_naive"] = (f"{sum(a == b for a, b in zip(tops_ours, tops_naive))}/"
+                                           f"{args.naive_queries}")
+    for name in ("ours", "exhaustive", "plain", "naive"):
+        if name in out:
+            r = out[name]
+            r["peak_fraction_localize"] = r["localize_gflops"] / peak if r["localize_gflops"] else None
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    print(f"{out['motions']} motions, {out['chunks']} chunks, k={args.k}, {args.score} score {weights}, "
-          f"top-{args.limit}")
-    for name, r in (("ours", r_ours), ("naive", r_naive)):
-        st = ", ".join(f"{kk} {1000 * v:.0f} ms" for kk, v in r["stages_mean_s"].items())
-        print(f"{name:6s} p50 {1000 * r['p50_s']:.0f} ms  p95 {1000 * r['p95_s']:.0f} ms  "
-              f"(localized {r['mean_localized']:.0f} of {args.k}; {st})")
-    print(f"top-10 identical: {out['top10_identical']}; p50 speed-up {out['speedup_p50']:.1f}x")
+    print(f"{out['motions']} motions, {out['chunks']} chunks, k={args.k}, {args.score} score {out['weights']}, top-{args.limit}, "
+          f"{out['torch_threads']} thread(s), load average {' '.join(f'{x:.2f}' for x in out['loadavg'])}; "
+          f"fp32 matmul peak {peak:.0f} GFLOP/s")
+    for name in ("ours", "exhaustive", "plain", "naive"):
+        if name not in out:
+            continue
+        r = out[name]
+        st = ", ".join(f"{kk} {1000 * v:.1f}" for kk, v in r["stages_p50_s"].items())
+        print(f"{name:10s} p50 {1000 * r['p50_s']:.0f} ms  p95 {1000 * r['p95_s']:.0f} ms  (CPU time p50 "
+              f"{1000 * r['cpu_p50_s']:.0f} ms, p95 {1000 * r['cpu_p95_s']:.0f} ms)  localized "
+              f"{r['mean_localized']:.0f}/{args.k}  stage p50 (ms): {st}")
+        print(f"{'':10s} localizer {r['localizer_gflop_per_query']:.2f} GFLOP/query at "
+              f"{r['localize_gflops']:.0f} GFLOP/s = {100 * r['peak_fraction_localize']:.0f}% of peak")
+    print(f"top-10 identical: to exhaustive {out['top10_identical_to_exhaustive']}, to the plain path "
+          f"{out['top10_identical_to_plain']}" + (f", to naive {out['top10_identical_to_naive']}" if args.naive_queries
+                                                 else "") + f"; p50 speed-up vs plain {out['speedup_p50_vs_plain']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ def start_server(args, port: int, log_path: Path) -> subprocess.Popen:
     if args.localizer:
         cmd += ["--localizer", args.localizer]
     cmd += ["--cache-size", str(args.cache_size), "--batch-window-ms", str(args.batch_window_ms)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     root = str(Path(__file__).resolve().parents[1])
@@ -72,6 +74,15 @@ def wait_ready(client, proc: subprocess.Popen, base: str, timeout_s: float, log_
             pass
         time.sleep(0.25)
     raise SystemExit(f"engine serve not ready after {timeout_s:.0f} s:\n{log_path.read_text()[-3000:]}")
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def key(body: dict) -> list[tuple]:
@@ -99,6 +110,7 @@ def main() -> None:
     ap.add_argument("--cache-size", type=int, default=256, help="the server's result cache (0: every request "
                     "searches; the micro-batching alone)")
     ap.add_argument("--batch-window-ms", type=float, default=4.0, help="the server's micro-batch window")
+    ap.add_argument("--threads", type=int, default=1, help="the server's torch threads (0: torch's default)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -150,10 +162,12 @@ def main() -> None:
                     with lock:
                         errors.append(f"{type(e).__name__}: {e}")
 
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), process_cpu_s(proc.pid)
             with ThreadPoolExecutor(args.concurrency) as pool:
                 list(pool.map(one, range(args.requests)))
             wall = time.perf_counter() - t0
+            cpu1 = process_cpu_s(proc.pid)
+            server_cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
     finally:
         proc.terminate()
         try:
@@ -173,7 +187,12 @@ def main() -> None:
         "errors": len(errors), "error_samples": errors[:5], "mismatches": len(mismatches),
         "identical_to_sequential": not mismatches and not errors,
         "stopped_by_max_seconds": done + len(errors) < args.requests,
-        "cache_size": args.cache_size, "batch_window_ms": args.batch_window_ms,
+        "cache_size": args.cache_size, "batch_window_ms": args.batch_window_ms, "threads": args.threads,
+        "loadavg": os.getloadavg(),
+        # The server's own CPU seconds under load: requests per CPU-second is its throughput on a core of its
+        # own (a busy machine stretches the wall clock, not this).
+        "server_cpu_s": round(server_cpu, 3) if server_cpu is not None else None,
+        "requests_per_server_cpu_s": round(done / server_cpu, 3) if server_cpu else None,
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -184,6 +203,11 @@ def main() -> None:
         print(f"load: {done}/{args.requests} ok in {wall:.1f} s with {args.concurrency} clients -> "
               f"{out['throughput_rps']} req/s; latency p50 {out['latency_s']['p50'] * 1000:.0f} ms, "
               f"p95 {out['latency_s']['p95'] * 1000:.0f} ms, max {out['latency_s']['max'] * 1000:.0f} ms")
+        if server_cpu:
+            print(f"server CPU {server_cpu:.1f} s for {done} requests -> {done / server_cpu:.2f} requests per "
+                  "CPU-second")
+        print(f"server threads {args.threads or 'default'}, load average "
+              f"{' '.join(f'{x:.2f}' for x in out['loadavg'])}")
         print(f"errors {len(errors)}, mismatches vs sequential {len(mismatches)} -> "
               f"{'identical' if out['identical_to_sequential'] else 'DIFFERENT'}")
     if errors or mismatches:

@@ -810,6 +810,8 @@ def serve_cmd(
                                           "share one localizer pass (0: no waiting)."),
     cache_size: int = typer.Option(256, "--cache-size", help="Recent results kept (0: no result cache)."),
     models: str | None = MODELS_OPTION,
+    threads: int | None = typer.Option(None, "--threads", help="torch threads of the searches (default: torch's; "
+                                       "1 is fastest on a busy 2-core box)."),
 ) -> None:
     """Serve the HTTP API (/search, /motions, /docs) and the web page with skeleton previews."""
     from engine.serve import is_loopback, load_searcher, run_server
@@ -825,6 +827,12 @@ def serve_cmd(
         fail(f"--header-timeout-s must be in (0, 600] (got {header_timeout_s})")
     if not 0 <= batch_window_ms <= 1000 or cache_size < 0:
         fail("--batch-window-ms must be in 0..1000 and --cache-size at least 0")
+    if threads is not None:
+        if threads < 1:
+            fail(f"--threads must be at least 1 (got {threads})")
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         searcher = load_searcher(_index_for(index, models), localizer=localizer, device=device,
                                  notify=lambda m: typer.echo(m, err=True), warmup=True, models=models)

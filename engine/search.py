@@ -91,7 +91,9 @@ class Ranker:
     """The ranking loop of one query as a resumable state machine, so that several queries can share each
     localizer pass (`Searcher.search_many`, the server's micro-batches): `next_batch()` names the motions to
     localize next (None when done: all localized, or pruned), `add(ids, spans)` takes their spans.
-    `rank_moments` drives one Ranker alone; the result is the same either way.
+    `rank_moments` drives one Ranker alone; the result is the same either way. With `growth` > 1 each
+    batch is that much larger than the one before (the fast path's few large passes); the moments are the
+    same for any batch sizes, only how many motions get localized before the pruning stops differs.
 
     Score (engine/scoring.py): `weights.score(p_se, r, s)`. Every motion has an upper bound
     `weights.bound(r, s_max)` (`s_max`: its best window-bank similarity, needed when weights.mu > 0); motions
@@ -101,7 +103,8 @@ class Ranker:
     def __init__(self, motion_ids: Sequence[int], r: Sequence[float], lam: float | None, limit: int | None,
                  batch_size: int = 32, prune: bool = True, keep: Callable[[int, float, float], bool] | None = None,
                  gamma: float = 1.0, dedup_iou: float | None = None, per_motion: int = 0,
-                 weights: ScoreWeights | None = None, s_max: Sequence[float] | None = None):
+                 weights: ScoreWeights | None = None, s_max: Sequence[float] | None = None,
+                 growth: float = 1.0):
         r = np.asarray(r, dtype=np.float64)
         if len(r) > 1 and np.any(np.diff(r) > 1e-12):
             raise ValueError("rank_moments: motions must be sorted by decreasing r")
@@ -121,6 +124,9 @@ class Ranker:
         self.lam = self.weights.lam
         self.limit, self.batch_size, self.prune, self.keep = limit, batch_size, prune, keep
         self.dedup_iou, self.per_motion = dedup_iou, per_motion
+        if growth < 1.0:
+            raise ValueError(f"Ranker: growth must be >= 1, got {growth}")
+        self.growth = growth  # batch i holds batch_size * growth**i motions (fewer, larger localizer passes)
         self.cands: list[tuple[tuple[float, int, float], Moment]] = []  # ((-score, bound order, start), moment)
         self.kth = -math.inf
         self.b0 = 0
@@ -132,7 +138,8 @@ class Ranker:
         if (self.prune and self.limit is not None and len(self.cands) >= self.limit
                 and self.bound[self.b0] < self.kth):
             return None
-        return self.motion_ids[self.b0: self.b0 + self.batch_size]
+        size = max(1, int(round(self.batch_size * self.growth ** self.batches)))
+        return self.motion_ids[self.b0: self.b0 + size]
 
     def add(self, ids: Sequence[int], spans: Sequence[Sequence[SpanHit]]) -> None:
         b0 = self.b0
@@ -249,11 +256,16 @@ class Searcher:
     same moments (oracle test); everything after the models is the same code.
     `use_motion_cache=False` encodes every motion from its raw features on every request: neither the
     index's cached encoding nor earlier requests' are used (the naive path benches compare to).
+    `fast` (default): the localizer runs on its fast path (`Localizer.localize_pairs`: query-independent
+    tensors kept per motion, all pairs of a round in one batch, decoding vectorised) and the moments' r
+    for all motions of a round at once; `fast=False` is the plain path (one `Localizer.localize` call per
+    round, one `moment_rs` per motion), which the oracle tests compare it to.
     """
 
     def __init__(self, index_dir: str | Path | ChunkIndex, localizer: str | Path | None = None,
                  corpus: str | Path | None = None, device: str = "cpu", bf16: bool = False,
-                 use_motion_cache: bool = True, backend: str = "torch", score_file: str | Path | None = None):
+                 use_motion_cache: bool = True, backend: str = "torch", score_file: str | Path | None = None,
+                 fast: bool = True):
         from engine.corpus.device import resolve_device
         from engine.corpus.reader import open_reader
         from engine.home import default_localizer_path
@@ -328,6 +340,12 @@ class Searcher:
         self.motions: dict[int, MotionInfo] = {m.motion_id: m for m in self.store.motion_table()}
         self._encoded: dict[int, object] = {}
         self._labels: dict[int, list] = {}
+        # The fast path (`localizer.fast`): the localizer's query-independent tensors of every motion seen,
+        # one padded bank per index, and the chunk spans in embedding-row order for the moments' r.
+        self.fast = fast and backend == "torch"  # the onnx backend runs the model's graph pair by pair
+        self.batch_growth = 2.0  # fast path: localizer batches of batch_size, then twice as many each round
+        self._bank = None
+        self._chunk_rows: tuple | None = None
 
     # ------------------------------------------------------------------ helpers
     def moment_r(self, query_vec: np.ndarray, motion_id: int, start_s: float, end_s: float) -> float:
@@ -374,10 +392,53 @@ class Searcher:
         return [SpanHit(h.start_s, h.end_s, h.p_se, None if r is None else float(r), None if v is None else float(v))
                 for h, r, v in zip(spans, rs, ss)]
 
+    def moment_rs_many(self, query_vec: np.ndarray, motion_ids: Sequence[int],
+                       spans_s: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """`moment_rs` of the moments of several motions at once: spans_s[i] (M_i, 2) of motion_ids[i] ->
+        one (M_i,) array each; one matrix product and one masked maximum for all of them."""
+        if self._chunk_rows is None:
+            emb = self.index.embeddings()
+            rows = self.index.table.rows(emb.chunk_ids)
+            mids = np.asarray(emb.motion_ids)
+            starts = np.flatnonzero(np.r_[True, mids[1:] != mids[:-1]]) if len(mids) else np.zeros(0, np.int64)
+            ends = np.r_[starts[1:], len(mids)].astype(np.int64)
+            where = {int(mids[a]): (int(a), int(b)) for a, b in zip(starts, ends)}
+            self._chunk_rows = (where, self.index.table.start_s[rows].astype(np.float64),
+                                self.index.table.end_s[rows].astype(np.float64), emb.vectors)
+        where, c_start, c_end, vecs = self._chunk_rows
+        n = len(motion_ids)
+        ab = np.array([where.get(int(m), (0, 0)) for m in motion_ids], dtype=np.int64).reshape(n, 2)
+        counts = np.array([len(sp) for sp in spans_s], dtype=np.int64)
+        if counts.sum() == 0:
+            return [np.zeros(0) for _ in range(n)]
+        lens = ab[:, 1] - ab[:, 0]
+        width = max(1, int(lens.max()))
+        cols = ab[:, :1] + np.arange(width)[None, :]  # (n, C) embedding rows of each motion's chunks
+        has = cols < ab[:, 1:2]
+        cols = np.where(has, cols, 0)
+        sim = np.full((n, width), -np.inf, dtype=np.float32)
+        for i, (a0, b0) in enumerate(ab.tolist()):  # each motion's own rows, the product moment_rs takes
+            sim[i, : b0 - a0] = vecs[a0:b0] @ query_vec
+        owner = np.repeat(np.arange(n), counts)  # (M,) the motion of each moment
+        sp = np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in spans_s])
+        a, b = sp[:, 0:1], sp[:, 1:2]
+        cs, ce, ok = c_start[cols[owner]], c_end[cols[owner]], has[owner]  # (M, C)
+        inter = np.clip(np.minimum(ce, b) - np.maximum(cs, a), 0.0, None)
+        shorter = np.maximum(np.minimum(ce - cs, b - a), 1e-9)
+        cover = (inter / shorter >= 0.5) & ok
+        none = ~cover.any(axis=1)
+        if none.any():  # the chunk(s) nearest the moment
+            near = np.where(ok[none], inter[none], -np.inf)
+            cover[none] = (near == near.max(axis=1, keepdims=True)) & ok[none]
+        best = np.where(cover, sim[owner], -np.inf).max(axis=1)
+        return np.split(best, np.cumsum(counts)[:-1])
+
     def clear_caches(self) -> None:
         """Forget encoded motions and labels (the next requests encode again)."""
         self._encoded.clear()
         self._labels.clear()
+        if self._bank is not None:
+            self._bank.clear()
 
     def _encoded_motions(self, motion_ids: Sequence[int], keep: bool = True):
         from localizer.outputs import EncodedMotion
@@ -465,10 +526,12 @@ class Searcher:
             windows.append(wins)
             timings.append({"embed_text": t_embed, "retrieve": time.perf_counter() - t0,
                             "motion_encode": 0.0, "localize": 0.0})
-            rankers.append(Ranker(ids, rs, None, req.limit, batch_size=req.batch_size, prune=req.prune,
+            # Without pruning nothing is gained by rounds: the fast path localizes all k motions in one.
+            batch = max(1, len(ids)) if self.fast and not req.prune else req.batch_size
+            rankers.append(Ranker(ids, rs, None, req.limit, batch_size=batch, prune=req.prune,
                                   keep=(lambda _m, s, e, req=req: req.keeps_moment(s, e)) if req.filters_moments
                                   else None, dedup_iou=req.dedup_iou, per_motion=req.per_motion,
-                                  weights=weights, s_max=s_max))
+                                  weights=weights, s_max=s_max, growth=self.batch_growth if self.fast else 1.0))
         while True:
             # One round: the next batch of every request still ranking, localized in one pass.
             work = [(qi, ids) for qi, rk in enumerate(rankers) if (ids := rk.next_batch()) is not None]
@@ -480,7 +543,7 @@ class Searcher:
             enc = self._encoded_motions(flat, keep=keep)
             t2 = time.perf_counter()
             texts = [reqs[qi].text for qi, ids in work for _ in ids]
-            spans = self._localize_pairs(texts, enc, work, reqs)
+            spans = self._localize_pairs(texts, enc, work, reqs, keep=keep)
             t3 = time.perf_counter()
             n = len(flat)
             at = 0
@@ -489,8 +552,16 @@ class Searcher:
                 mine = spans[at: at + len(ids)]
                 at += len(ids)
                 wins = windows[qi]
-                hits = [self.span_hits(qs[qi], mid, row, req.r_mode, None if wins is None else wins[mid])
-                        for mid, row in zip(ids, mine)]
+                if req.r_mode == "moment" and self.fast:  # every motion's moment r in one product
+                    spans_l = [np.array([[h.start_s, h.end_s] for h in row], np.float64).reshape(-1, 2) for row in mine]
+                    hits = []
+                    for mid, row, sp, rs in zip(ids, mine, spans_l, self.moment_rs_many(qs[qi], ids, spans_l)):
+                        ss = self.span_sims(*wins[mid], sp) if wins is not None else [None] * len(row)
+                        hits.append([SpanHit(h.start_s, h.end_s, h.p_se, float(r), None if v is None else float(v))
+                                     for h, r, v in zip(row, rs, ss)])
+                else:
+                    hits = [self.span_hits(qs[qi], mid, row, req.r_mode, None if wins is None else wins[mid])
+                            for mid, row in zip(ids, mine)]
                 rankers[qi].add(ids, hits)
                 share = len(ids) / n  # each request is charged its share of the shared pass
                 timings[qi]["motion_encode"] += (t2 - t1) * share
@@ -505,19 +576,39 @@ class Searcher:
                                     timings_s=t, weights=rk.weights))
         return out
 
-    def _localize_pairs(self, texts, enc, work, reqs) -> list:
+    def _motion_bank(self, keep: bool):
+        """The Searcher's MotionBank (None: a throw-away one, when encoded motions are not to be kept)."""
+        if not keep:
+            return None
+        if self._bank is None:
+            self._bank = self.localizer.motion_bank()
+        return self._bank
+
+    def _localize_pairs(self, texts, enc, work, reqs, keep: bool = True) -> list:
         """The localizer over (text, motion) pairs, one pass per distinct (top_m, nms_iou, batch_size) among
         the requests (usually one: every request with the defaults shares it); spans in pair order."""
         groups: dict[tuple, list[int]] = {}
         at = 0
         for qi, ids in work:
             r = reqs[qi]
-            groups.setdefault((r.top_m, r.nms_iou, r.batch_size), []).extend(range(at, at + len(ids)))
+            key = (r.top_m, r.nms_iou) if self.fast else (r.top_m, r.nms_iou, r.batch_size)
+            groups.setdefault(key, []).extend(range(at, at + len(ids)))
             at += len(ids)
         out: list = [None] * at
-        for (top_m, nms_iou, batch), rows in groups.items():
-            spans = self.localizer.localize([texts[i] for i in rows], [enc[i] for i in rows], top_m=top_m,
-                                            nms_iou=nms_iou, batch_size=batch)
+        for key, rows in groups.items():
+            top_m, nms_iou = key[:2]
+            if self.fast:  # a (sentence, motion) pair that several requests of the round hold runs once
+                first: dict[tuple, int] = {}
+                for i in rows:
+                    first.setdefault((texts[i].strip(), enc[i].motion_id), i)
+                uniq = list(first.values())
+                got = self.localizer.localize_pairs([texts[i] for i in uniq], [enc[i] for i in uniq], top_m=top_m,
+                                                    nms_iou=nms_iou, bank=self._motion_bank(keep))
+                by_pair = dict(zip(first, got))
+                spans = [by_pair[(texts[i].strip(), enc[i].motion_id)] for i in rows]
+            else:
+                spans = self.localizer.localize([texts[i] for i in rows], [enc[i] for i in rows], top_m=top_m,
+                                                nms_iou=nms_iou, batch_size=key[2])
             for i, sp in zip(rows, spans):
                 out[i] = sp
         return out

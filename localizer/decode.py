@@ -13,6 +13,7 @@ evaluation); `decode_top` and `decode_best_np` are numpy, so the query path impo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -200,7 +201,12 @@ def decode_top(p_start: np.ndarray | torch.Tensor, p_end: np.ndarray | torch.Ten
         return [SpanCandidate(a // t, a % t, float(flat[a]))]
     k = min(n_pos, max(64, 16 * top_m))
     while True:
-        part = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
+        if k < flat.size:  # the first k of the (descending p, ascending index) order, ties included exactly
+            v = -np.partition(-flat, k - 1)[k - 1]  # the k-th largest value
+            above = np.flatnonzero(flat > v)
+            part = np.concatenate([above, np.flatnonzero(flat == v)[: k - len(above)]])
+        else:
+            part = np.arange(flat.size)
         order = part[np.lexsort((part, -flat[part]))]  # descending p, ties by flat index
         cands = [SpanCandidate(int(a // t), int(a % t), float(flat[a])) for a in order if flat[a] > 0]
         kept = nms(cands, nms_iou, top_m)
@@ -240,3 +246,132 @@ def seconds_to_span(start_s: float, end_s: float, n_snippets: int, duration_s: f
             if iou > best_iou + 1e-12:
                 best, best_iou = (i, j - 1), iou
     return best
+
+
+def decode_top_batch(p_start: np.ndarray | torch.Tensor, p_end: np.ndarray | torch.Tensor,
+                     lengths: Sequence[int] | np.ndarray, top_m: int = 1, nms_iou: float = 0.5,
+                     max_len: Sequence[int | None] | None = None, grids: Sequence[int] = (8, 16, 32)
+                     ) -> list[list[SpanCandidate]]:
+    """`decode_top` of every row of (B, T) padded distributions at once (row b valid over its first
+    lengths[b] snippets, its limit max_len[b]): the same spans and p_se as `decode_top` row by row.
+
+    Exact by a bound instead of a sort of all T (T + 1) / 2 pairs: with the R best starts and the R best
+    ends of a row, every pair outside that R x R grid scores at most
+    ``bound = max((R+1)-th start * best end, best start * (R+1)-th end)``. The grid's pairs above the bound are
+    therefore the head of the full descending order, and greedy NMS over them (each step: the best pair
+    still alive, ties to the earliest start, then end) keeps what NMS over all pairs keeps, as long as it
+    keeps top_m of them. Rows where it keeps fewer try the next grid size of `grids`, then `decode_top`.
+    """
+    import torch
+
+    ps = torch.as_tensor(p_start).to(torch.float64)
+    pe = torch.as_tensor(p_end).to(torch.float64)
+    if ps.dim() != 2 or ps.shape != pe.shape:
+        raise ValueError(f"decode_top_batch: need two (B, T) arrays, got {tuple(ps.shape)} and {tuple(pe.shape)}")
+    b, t = ps.shape
+    lens = torch.as_tensor(np.asarray(lengths, dtype=np.int64)).reshape(b)
+    lims = list(max_len) if max_len is not None else [None] * b
+    out: list[list[SpanCandidate] | None] = [[] for _ in range(b)] if top_m < 1 or t == 0 else [None] * b
+    if b == 0 or top_m < 1 or t == 0:
+        return out  # type: ignore[return-value]
+    valid = torch.arange(t).unsqueeze(0) < lens.unsqueeze(1)  # (B, T)
+    zero = torch.zeros((), dtype=torch.float64)
+    ps, pe = torch.where(valid, ps, zero), torch.where(valid, pe, zero)
+    lim = torch.tensor([t + 1 if m is None else int(m) for m in lims], dtype=torch.long)
+    todo = torch.arange(b)
+    for r in grids:
+        if not len(todo):
+            break
+        r = min(int(r), t)
+        got, ok_rows = _decode_grid(ps[todo], pe[todo], lim[todo], r, top_m, nms_iou, exhaustive=r == t)
+        for row, cands, ok in zip(todo.tolist(), got, ok_rows):
+            if ok:
+                out[row] = cands
+        todo = todo[~torch.as_tensor(ok_rows, dtype=torch.bool)]
+    for row in todo.tolist():  # still undecided: flat distributions or a large top_m
+        n = int(lens[row])
+        out[row] = decode_top(ps[row, :n], pe[row, :n], top_m, nms_iou, lims[row])
+    return out  # type: ignore[return-value]
+
+
+def window_max(x: torch.Tensor, lim: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T): max of x[b, i : i + lim[b]] (positions past T count as 0; lim >= 1), by doubling:
+    level k holds the max over 2^k positions, and a window is the max of two overlapping levels."""
+    import torch
+
+    b, t = x.shape
+    levels = [x]
+    width = 1
+    while 2 * width <= min(int(lim.max()), t):
+        prev = levels[-1]
+        nxt = prev.clone()
+        nxt[:, : t - width] = torch.maximum(prev[:, : t - width], prev[:, width:])
+        levels.append(nxt)
+        width *= 2
+    n = lim.clamp(max=t)
+    k = torch.floor(torch.log2(n.to(torch.float64))).to(torch.long).clamp(max=len(levels) - 1)  # (B,)
+    k = torch.minimum(k, torch.tensor(len(levels) - 1))
+    while True:  # float log2 may round up at powers of two
+        too_big = (2 ** k) > n
+        if not bool(too_big.any()):
+            break
+        k = k - too_big.long()
+    stack = torch.cat([torch.stack(levels), torch.zeros((len(levels), b, 1), dtype=x.dtype)], dim=2)  # (K, B, T+1)
+    lvl = stack[k, torch.arange(b)]  # (B, T+1): each row at its level
+    i = torch.arange(t).unsqueeze(0)
+    j = (i + (n - 2 ** k).unsqueeze(1)).clamp(max=t)  # the second, overlapping half (t: the zero pad)
+    return torch.maximum(lvl[:, :t], torch.gather(lvl, 1, j))
+
+
+def _decode_grid(ps: torch.Tensor, pe: torch.Tensor, lim: torch.Tensor, r: int, top_m: int, nms_iou: float,
+                 exhaustive: bool) -> tuple[list[list[SpanCandidate]], list[bool]]:
+    """Greedy NMS over each row's R x R grid of best starts x best ends (see `decode_top_batch`); per row
+    its kept spans and whether they are certain (top_m kept, or the grid held every pair)."""
+    import torch
+
+    b, t = ps.shape
+    # A start's best pair: p_s(i) * max p_e over its allowed ends [i, i + lim); an end's: p_e(j) * max p_s
+    # over [j - lim + 1, j]. The grid takes the R starts and the R ends with the best of these.
+    key_s = ps * window_max(pe, lim)
+    key_e = pe * window_max(ps.flip(1), lim).flip(1)
+    k = r + 1 if r < t else r  # one more: the best start / end left outside the grid
+    ks_v, si = torch.topk(key_s, k, dim=1)  # (B, R (+1)), descending
+    ke_v, ei = torch.topk(key_e, k, dim=1)
+    if exhaustive:
+        bound = torch.full((b, 1), -1.0, dtype=torch.float64)
+    else:  # a pair outside the grid has its start or its end outside, so it scores at most this
+        bound = torch.maximum(ks_v[:, r], ke_v[:, r]).unsqueeze(1)
+    si, ei = si[:, :r], ei[:, :r]
+    sv, ev = torch.gather(ps, 1, si), torch.gather(pe, 1, ei)
+    si, order = torch.sort(si, dim=1)  # ascending snippet index: the grid is in flat-index order
+    sv = torch.gather(sv, 1, order)
+    ei, order = torch.sort(ei, dim=1)
+    ev = torch.gather(ev, 1, order)
+    i_s = si.unsqueeze(2).expand(-1, -1, r).reshape(b, r * r)
+    i_e = ei.unsqueeze(1).expand(-1, r, -1).reshape(b, r * r)
+    p = (sv.unsqueeze(2) * ev.unsqueeze(1)).reshape(b, r * r)  # exact products of the float32 inputs
+    ok = (i_e >= i_s) & (i_e - i_s < lim.unsqueeze(1)) & (p > 0) & (p > bound)
+    p = torch.where(ok, p, torch.full((), -1.0, dtype=p.dtype))
+    s, e = i_s.to(torch.float64), i_e.to(torch.float64) + 1.0  # [start, end) as decode_top's NMS measures
+    rows = torch.arange(b)
+    picks = []
+    for _ in range(top_m):
+        best, arg = p.max(dim=1)  # the first maximum: the earliest start, then end, among ties
+        has = best > 0
+        if not bool(has.any()):
+            break
+        picks.append((arg, best, has))
+        ks, ke = s[rows, arg].unsqueeze(1), e[rows, arg].unsqueeze(1)
+        inter = (torch.minimum(e, ke) - torch.maximum(s, ks)).clamp_(min=0.0)
+        union = (e - s) + (ke - ks) - inter
+        iou = torch.where(union > 0, inter / union, torch.zeros((), dtype=inter.dtype))
+        p.masked_fill_((iou > nms_iou) & has.unsqueeze(1), -1.0)
+        p[rows, arg] = -1.0
+    cands: list[list[SpanCandidate]] = [[] for _ in range(b)]
+    if picks:
+        arg, best, has = (torch.stack(x, dim=1) for x in zip(*picks))  # (B, picks)
+        starts = torch.gather(si, 1, arg // r).tolist()
+        ends = torch.gather(ei, 1, arg % r).tolist()
+        for row, (ss, ee, vv, hh) in enumerate(zip(starts, ends, best.tolist(), has.tolist())):
+            cands[row] = [SpanCandidate(i, j, v) for i, j, v, h in zip(ss, ee, vv, hh) if h]
+    return cands, [exhaustive or len(c) >= top_m for c in cands]

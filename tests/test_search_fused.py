@@ -58,7 +58,14 @@ def bank_searcher(bank_index, pipeline):
 
 
 def _key(res):
-    return [(m.motion_id, m.start_s, m.end_s, m.score) for m in res.moments]
+    """Motions and spans exactly; scores to float32 round-off (the fast localizer batches the pruned and the
+    exhaustive runs differently, and padded batches round differently)."""
+    return [(m.motion_id, m.start_s, m.end_s) for m in res.moments]
+
+
+def _same(a, b) -> bool:
+    return _key(a) == _key(b) and all(x.score == pytest.approx(y.score, rel=1e-5)
+                                      for x, y in zip(a.moments, b.moments))
 
 
 @pytest.mark.parametrize("mu,lam,gamma", [(10.0, 0.0, 1.0), (5.0, 5.0, 0.5), (20.0, 2.0, 0.0)])
@@ -70,7 +77,7 @@ def test_fused_pruned_equals_exhaustive_on_the_engine(bank_searcher, mu, lam, ga
             a = bank_searcher.search(req)
             b = bank_searcher.search(SearchRequest(text, k=12, limit=5, score="fused", lam=lam, gamma=gamma, mu=mu,
                                                    r_mode=r_mode, batch_size=2, prune=False))
-            assert _key(a) == _key(b) and b.localized == 12 and a.localized <= 12
+            assert _same(a, b) and b.localized == 12 and a.localized <= 12
             assert a.weights == ScoreWeights(lam=lam, gamma=gamma, mu=mu)
             for m in a.moments:
                 assert m.score == pytest.approx(m.p_se ** gamma * math.exp(lam * m.r + mu * m.s), rel=1e-9)
