@@ -129,7 +129,7 @@ def open_default_index_fast(device: str = "cpu", models: str | None = None) -> C
     checkpoints as they are now (their sha256, recorded at export, after `ensure_default_index` had checked
     that the index fits them). Else `QueryModelsUnavailable`: the torch path checks and rebuilds."""
     from indexer.index import open_index
-    from indexer.manifest import read_current, version_dir
+    from indexer.manifest import Manifest, read_current, version_dir
     from indexer.query_models import QueryModels, QueryModelsUnavailable
 
     index_dir = default_index_dir(models)
@@ -143,6 +143,8 @@ def open_default_index_fast(device: str = "cpu", models: str | None = None) -> C
         src = qm.sources.get(name)
         if src is None or not src.matches(path):
             raise QueryModelsUnavailable(str(index_dir), f"the shipped {name} model changed since the export")
+    if not Manifest.read(version_dir(index_dir, current)).config.get("window_bank"):  # as default_index_stale
+        raise QueryModelsUnavailable(str(index_dir), "the built-in index has no window bank")
     return open_index(index_dir, device=device)
 
 

@@ -165,3 +165,32 @@ def test_cli_models_flag_errors(tmp_path):
     assert r.exit_code != 0 and "unknown model set" in r.output
     r = CliRunner().invoke(app, ["search", "kung fu", "--models", "synthetic", "--index", str(tmp_path)])
     assert r.exit_code != 0 and "--models" in r.output
+
+
+def test_builtin_fast_path_checks_the_shipped_models_and_the_bank(monkeypatch, tmp_path, single_thread):
+    """The torch-free open of the built-in index (engine.home.open_default_index_fast) takes it only when its
+    exported query models come from the shipped checkpoints and it has a window bank, as the torch path's
+    staleness check requires; otherwise the torch path rebuilds it."""
+    import json
+
+    import pytest
+
+    import engine.home as home
+    from engine.search import load_searcher
+    from indexer.query_models import QueryModelsUnavailable
+
+    monkeypatch.setenv("ENGINE_HOME", str(tmp_path / "home"))
+    with pytest.raises(QueryModelsUnavailable, match="not built yet"):
+        home.open_default_index_fast()
+    home.ensure_default_index(preset="tiny")
+    load_searcher(None, backend="auto")  # torch path, then exports the query models for the next process
+    fast = home.open_default_index_fast()
+    assert fast.version == "000001" and fast.manifest.config.get("window_bank")
+    man = version_dir(home.default_index_dir(), "000001") / "manifest.json"
+    d = json.loads(man.read_text())
+    d["config"]["window_bank"] = False
+    man.write_text(json.dumps(d))
+    with pytest.raises(QueryModelsUnavailable, match="no window bank"):
+        home.open_default_index_fast()
+    with pytest.raises(QueryModelsUnavailable, match="not built yet"):
+        home.open_default_index_fast(models="synthetic")
