@@ -181,6 +181,24 @@ def test_search_page_previews_and_bvh_download(browser, server_url, searcher, tm
     after_cam = page.evaluate(cam)
     assert max(abs(x - y) for x, y in zip(after_cam, before_cam)) > 0.1, (before_cam, after_cam)
     assert canvas.screenshot() != before_px
+    # A plain wheel over the preview leaves the camera alone (the page scrolls); Ctrl + wheel zooms.
+    dist = "previews[0].camera.position.distanceTo(previews[0].controls.target)"
+    d0 = page.evaluate(dist)
+    page.mouse.move(cb["x"] + 0.5 * cb["width"], cb["y"] + 0.5 * cb["height"])
+    page.mouse.wheel(0, 300)
+    for _ in range(50):  # the page (not the camera) takes the wheel: the preview moves up (smooth scrolling)
+        if abs(canvas.bounding_box()["y"] - cb["y"]) > 1:
+            break
+        page.wait_for_timeout(100)
+    assert abs(canvas.bounding_box()["y"] - cb["y"]) > 1
+    assert page.evaluate(dist) == pytest.approx(d0, rel=1e-6)
+    canvas.scroll_into_view_if_needed()
+    cb2 = canvas.bounding_box()
+    page.mouse.move(cb2["x"] + 0.5 * cb2["width"], cb2["y"] + 0.5 * cb2["height"])
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, 300)
+    page.keyboard.up("Control")
+    page.wait_for_function(f"Math.abs({dist} - {d0}) > 0.05", timeout=10_000)
     row.locator(".play").click()
     assert row.locator(".play").get_attribute("aria-label") == "pause"
 

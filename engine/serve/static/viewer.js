@@ -184,6 +184,12 @@ export class Player {
     this.controls.enablePan = false;
     this.controls.minDistance = 0.8;
     this.controls.maxDistance = 12;
+    // A plain wheel scrolls the result list; Ctrl (or Cmd) + wheel zooms. This listener runs in the capture
+    // phase on the canvas's parent, before OrbitControls' own wheel listener on the canvas decides.
+    this.controls.enableZoom = false;
+    canvas.parentElement.addEventListener("wheel", (e) => {
+      if (e.target === canvas) this.controls.enableZoom = e.ctrlKey || e.metaKey;
+    }, { capture: true, passive: true });
     this.controls.update();
     this.controls.addEventListener("change", () => { this.dirty = true; });
     this.dirty = true;
