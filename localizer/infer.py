@@ -15,7 +15,6 @@ under `torch.inference_mode` and decodes exact top-m (start, end) pairs with tem
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +31,7 @@ from localizer.outputs import (  # noqa: F401 (EncodedMotion, LocalizedSpan: re-
     EncodedMotion,
     LocalizedSpan,
     SpanDistributions,
+    TokenLRU,
     check_max_span,
     decode_spans,
 )
@@ -55,8 +55,7 @@ class Localizer:
         self.config = config
         self.bf16 = bf16
         self._text_encoder = text_encoder
-        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._text_cache_size = text_cache_size
+        self._text_cache = TokenLRU(text_cache_size)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = "cpu", bf16: bool = False,
@@ -95,23 +94,12 @@ class Localizer:
 
     def texts_tokens(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token embeddings of several sentences; the ones not cached are encoded in one batch."""
-        keys = []
-        for text in texts:
-            if not text or not text.strip():
-                raise ValueError("empty query text")
-            keys.append(text.strip())
-        missing = sorted({k for k in keys if k not in self._text_cache})
-        if missing:
+
+        def encode(missing: list[str]):
             tb = self.text_encoder.encode(missing)
-            for k, emb, mask in zip(missing, tb.emb, tb.mask):
-                self._text_cache[k] = np.asarray(emb[mask.astype(bool)], dtype=np.float32)
-        out = []
-        for k in keys:
-            self._text_cache.move_to_end(k)
-            out.append(self._text_cache[k])
-        while len(self._text_cache) > max(self._text_cache_size, len(set(keys))):
-            self._text_cache.popitem(last=False)
-        return out
+            return tb.emb, tb.mask
+
+        return self._text_cache.lookup(texts, encode)
 
     # ------------------------------------------------------------------ motions (query independent)
     @torch.inference_mode()

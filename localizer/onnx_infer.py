@@ -11,7 +11,6 @@ refuses, and the Searcher only takes this backend for an index that caches this 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from localizer.outputs import (
     EncodedMotion,
     LocalizedSpan,
     SpanDistributions,
+    TokenLRU,
     check_max_span,
     decode_spans,
     pad_rows,
@@ -66,8 +66,7 @@ class OnnxLocalizer:
         self.session = session
         self.spec = spec
         self.token_encoder = token_encoder
-        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._text_cache_size = text_cache_size
+        self._text_cache = TokenLRU(text_cache_size)
 
     def fingerprint(self) -> str:
         return self.spec.sha256
@@ -78,23 +77,7 @@ class OnnxLocalizer:
 
     def texts_tokens(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token embeddings (n_tokens, text_dim) of several sentences (LRU-cached), as `Localizer.texts_tokens`."""
-        keys = []
-        for text in texts:
-            if not text or not text.strip():
-                raise ValueError("empty query text")
-            keys.append(text.strip())
-        missing = sorted({k for k in keys if k not in self._text_cache})
-        if missing:
-            emb, mask = self.token_encoder.hidden(missing, self.spec.max_tokens)
-            for k, e, m in zip(missing, emb, mask):
-                self._text_cache[k] = np.asarray(e[m.astype(bool)], dtype=np.float32)
-        out = []
-        for k in keys:
-            self._text_cache.move_to_end(k)
-            out.append(self._text_cache[k])
-        while len(self._text_cache) > max(self._text_cache_size, len(set(keys))):
-            self._text_cache.popitem(last=False)
-        return out
+        return self._text_cache.lookup(texts, lambda missing: self.token_encoder.hidden(missing, self.spec.max_tokens))
 
     def encode_motions(self, *args, **kwargs) -> list[EncodedMotion]:
         raise ModelError(self.spec.sha256[:12], "the ONNX localizer has no motion encoder (S-Enc is not exported): "

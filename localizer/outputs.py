@@ -7,12 +7,44 @@ the moments of a search come out of the same code whichever computed the distrib
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from localizer.decode import MaxSpan, decode_best_np, decode_top, index_to_seconds, max_len_snippets
+
+
+class TokenLRU(OrderedDict):
+    """Token embeddings (n_tokens, dim) float32 of recent sentences (stripped), the least recently used dropped
+    beyond `size`; both backends' text cache."""
+
+    def __init__(self, size: int = 1024):
+        super().__init__()
+        self.size = size
+
+    def lookup(self, texts: Sequence[str],
+               encode: Callable[[list[str]], tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]) -> list[np.ndarray]:
+        """The sentences' token embeddings; those not cached are encoded in one batch by `encode(missing)`,
+        which returns (padded embeddings, masks) per sentence."""
+        keys = []
+        for text in texts:
+            if not text or not text.strip():
+                raise ValueError("empty query text")
+            keys.append(text.strip())
+        missing = sorted({k for k in keys if k not in self})
+        if missing:
+            emb, mask = encode(missing)
+            for k, e, m in zip(missing, emb, mask):
+                self[k] = np.asarray(e[np.asarray(m).astype(bool)], dtype=np.float32)
+        out = []
+        for k in keys:
+            self.move_to_end(k)
+            out.append(self[k])
+        while len(self) > max(self.size, len(set(keys))):
+            self.popitem(last=False)
+        return out
 
 
 @dataclass
