@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.corpus.sentences import training_texts
 from engine.corpus.types import Annotation, CorpusError, Motion
 from localizer.decode import seconds_to_span
 from localizer.snippets import FEATURE_DIM, motion_snippets
@@ -126,8 +125,13 @@ def make_pair(motion_index: int, sm: SnippetMotion, ann: Annotation,
                     ann.start_s, ann.end_s, sm.duration_s)
         return None
     i_s, i_e = seconds_to_span(s, e, sm.n_snippets, sm.duration_s)
+    texts: tuple[str, ...] = ()
+    if variants:  # training only: the wordings table is not imported on the query path
+        from engine.corpus.sentences import training_texts
+
+        texts = tuple(training_texts(ann))
     return LocalizationPair(motion_index=motion_index, text=ann.text.strip(), start_s=s, end_s=e,
-                            start_idx=i_s, end_idx=i_e, texts=tuple(training_texts(ann)) if variants else ())
+                            start_idx=i_s, end_idx=i_e, texts=texts)
 
 
 def pairs_from_motions(motions: Iterable[Motion], n_snippets: int, skip_bad: bool = False,
