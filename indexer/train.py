@@ -183,13 +183,21 @@ def collect_pairs(store, split: str, variants: bool = False) -> list[Pair]:
     return pairs
 
 
-def hard_partners(pairs: list[Pair], rows: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
-    """Up to `n` extra rows, one per anchor of `rows` (in order) that has a partner: a pair of the same
-    family (content without side) with another label (another style or side)."""
+def families(pairs: list[Pair]) -> dict[str, list[int]]:
+    """Row indices of the pairs of each label family (`Pair.family`)."""
     by_family: dict[str, list[int]] = {}
     for i, p in enumerate(pairs):
         if p.family is not None:
             by_family.setdefault(p.family, []).append(i)
+    return by_family
+
+
+def hard_partners(pairs: list[Pair], rows: np.ndarray, n: int, rng: np.random.Generator,
+                  by_family: dict[str, list[int]] | None = None) -> list[int]:
+    """Up to `n` extra rows, one per anchor of `rows` (in order) that has a partner: a pair of the same
+    family (content without side) with another label (another style or side). `by_family`: `families(pairs)`,
+    computed once per run by the trainer."""
+    by_family = families(pairs) if by_family is None else by_family
     out: list[int] = []
     for r in rows:
         if len(out) >= n:
@@ -436,6 +444,7 @@ def train_retrieval(store, run_dir: str | os.PathLike, config: TrainConfig | Non
     if len(getattr(store, "stores", ())) > 1:
         probs = store.pair_weights([p.motion_id for p in pairs])
     std_t = model.feature_std.detach().clone() if config.feature_noise > 0 else None
+    by_family = families(pairs) if config.hard_negative_frac > 0 else None
 
     has_val = bool(collect_pairs(store, config.val_split))
     best_val: RetrievalEval | None = None
@@ -452,7 +461,7 @@ def train_retrieval(store, run_dir: str | os.PathLike, config: TrainConfig | Non
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             if config.hard_negative_frac > 0:  # the batch's tail: partners of its first anchors
                 n_hard = int(round(config.hard_negative_frac * len(idx)))
-                extra = hard_partners(pairs, idx, n_hard, rng)
+                extra = hard_partners(pairs, idx, n_hard, rng, by_family)
                 idx = np.concatenate([idx[:len(idx) - len(extra)], np.array(extra, dtype=idx.dtype)])
             if len(idx) < 2:
                 continue
