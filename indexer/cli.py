@@ -418,6 +418,12 @@ def train_retrieval_cmd(
                                               "partners of its first items."),
     feature_noise: float = typer.Option(0.0, "--feature-noise", min=0.0,
                                         help="Gaussian input noise, in units of each feature's std."),
+    init: Path | None = typer.Option(None, "--init",
+                                     help="Fine-tune: start from this trained model (run directory or .pt); "
+                                          "pass the model options it was trained with."),
+    freeze_motion: bool = typer.Option(False, "--freeze-motion",
+                                       help="With --init: train the text projection only; the motion encoder "
+                                            "(and every motion vector) stays as the init model made it."),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -436,7 +442,8 @@ def train_retrieval_cmd(
                          batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, seed=seed,
                          corpora=recorded if len(recorded) > 1 else None, text_variants=text_variants,
                          label_negatives=label_negatives, hard_negative_frac=hard_negatives,
-                         feature_noise=feature_noise)
+                         feature_noise=feature_noise, init=str(init) if init else None,
+                         freeze_motion=freeze_motion)
     try:
         with _Bars() as bars:
             rep = train_retrieval(store, run, config, progress=bars, device=device)

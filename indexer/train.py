@@ -43,6 +43,7 @@ from indexer.model import (
     RetrievalModel,
     TextEncoder,
     drop_triple_loss,
+    load_retrieval,
     model_rate_windows,
     pad_windows,
     resolve_device,
@@ -81,6 +82,11 @@ class TrainConfig:
     label_negatives: bool = False
     hard_negative_frac: float = 0.0  # share of each batch filled with partners: same content, other style/side
     feature_noise: float = 0.0  # Gaussian noise on the input features, in units of each channel's std
+    # Fine-tuning: start from a trained model's weights (its run directory or checkpoint; its architecture
+    # and input normalisation are kept), and optionally train the text projection only (the motion encoder
+    # frozen: the motion side, and so every motion vector, stays as the init model made it).
+    init: str | None = None
+    freeze_motion: bool = False
 
     def resolved_model(self) -> RetrievalConfig:
         return self.model or RetrievalConfig()
@@ -419,7 +425,18 @@ def train_retrieval(store, run_dir: str | os.PathLike, config: TrainConfig | Non
 
     torch.manual_seed(config.seed)
     model = RetrievalModel(mcfg, text_encoder=text_encoder)
-    model.set_feature_stats(*feature_stats(store, sorted(cache.features)))
+    if config.init:
+        init = load_retrieval(config.init, device="cpu", text_encoder=text_encoder)
+        if init.config.identity() != mcfg.identity():
+            raise ValueError(f"{config.init}: its architecture differs from this run's "
+                             f"({init.config.identity()} vs {mcfg.identity()}); pass the same model options")
+        model.load_state_dict(init.state_dict())  # weights and the init's input normalisation
+    else:
+        model.set_feature_stats(*feature_stats(store, sorted(cache.features)))
+    if config.freeze_motion:
+        if not config.init:
+            raise ValueError("freeze_motion needs an init model (a frozen random motion encoder learns nothing)")
+        model.motion.requires_grad_(False)
     model.to(dev)
     opt = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
 
@@ -478,7 +495,12 @@ def train_retrieval(store, run_dir: str | os.PathLike, config: TrainConfig | Non
             tids = np.array([v[rng.integers(len(v))] for v in (variant_ids[i] for i in idx)]) \
                 if config.text_variants else text_ids[idx]
             s_t = sent[torch.as_tensor(tids, device=dev)]  # (B, 384)
-            m = model.motion_forward(x_t, v_t, pool_t)  # (B, E)
+            if config.freeze_motion:
+                with torch.no_grad():
+                    model.motion.eval()  # frozen: no dropout either
+                    m = model.motion_forward(x_t, v_t, pool_t)  # (B, E)
+            else:
+                m = model.motion_forward(x_t, v_t, pool_t)  # (B, E)
             t = model.text_forward(s_t)  # (B, E)
             sim = m @ t.T  # (B, B) motion x text
             with torch.no_grad():

@@ -231,6 +231,38 @@ def test_retrieval_trains_on_a_weighted_mix_with_every_option(corpora, tmp_path)
     assert saved["corpora"][1]["weight"] == 2.0 and saved["text_variants"] is True
 
 
+def test_fine_tuning_from_an_init_model_with_the_motion_encoder_frozen(corpora, tmp_path):
+    """--init starts from the trained weights; --freeze-motion changes the text projection only, so the
+    motion vectors an index holds stay valid. A mismatched architecture and a frozen random encoder are
+    refused."""
+    from indexer.model import load_retrieval
+
+    _, b = corpora
+    with CorpusStore.open(b) as store:
+        train_retrieval(store, tmp_path / "base", TrainConfig(model=TINY, epochs=1, batch_size=8, lr=1e-3,
+                                                              warmup_epochs=0), device="cpu")
+        base = load_retrieval(tmp_path / "base", device="cpu")
+        cfg = TrainConfig(model=TINY, epochs=1, batch_size=8, lr=1e-2, warmup_epochs=0, text_variants=True,
+                          init=str(tmp_path / "base"), freeze_motion=True)
+        train_retrieval(store, tmp_path / "ft", cfg, device="cpu")
+        ft = load_retrieval(tmp_path / "ft", device="cpu")
+        before, after = base.state_dict(), ft.state_dict()
+        motion = [k for k in before if not k.startswith("text.")]
+        text = [k for k in before if k.startswith("text.")]
+        assert motion and text
+        assert all(torch.equal(before[k], after[k]) for k in motion)  # encoder + normalisation untouched
+        assert any(not torch.equal(before[k], after[k]) for k in text)
+        x = store.features(store.motion_ids()[0])[:60]
+        assert np.array_equal(base.encode_motion([x]), ft.encode_motion([x]))
+        with pytest.raises(ValueError, match="architecture differs"):
+            train_retrieval(store, tmp_path / "bad", TrainConfig(
+                model=RetrievalConfig(**{**TINY.__dict__, "d_model": 8}), epochs=1, batch_size=8,
+                init=str(tmp_path / "base")), device="cpu")
+        with pytest.raises(ValueError, match="needs an init"):
+            train_retrieval(store, tmp_path / "bad2", TrainConfig(model=TINY, epochs=1, batch_size=8,
+                                                                  freeze_motion=True), device="cpu")
+
+
 def test_localizer_trains_on_a_mix_with_text_variants(corpora, tmp_path):
     from localizer.config import make_config
     from localizer.data import load_data
