@@ -84,19 +84,24 @@ def grid(lams: Sequence[float] = LAMS, mus: Sequence[float] = MUS,
     return [PAPER, *(w for w in ws if w != PAPER)]  # first: ties go to the paper's weights
 
 
-def objective(res: LabelMatchResult) -> float:
-    """What the fit maximises: the mean of P@10 and nDCG@10 (label match)."""
-    return 0.5 * (res.precision[10] + res.ndcg[10])
+def objective(res: LabelMatchResult, groups: Sequence[Sequence[str]] | None = None) -> float:
+    """What the fit maximises: the mean of P@10 and nDCG@10 (label match). With `groups` (query-id sets,
+    e.g. a split's queries and a paraphrase set), each group counts equally, whatever its size."""
+    if not groups:
+        return 0.5 * (res.precision[10] + res.ndcg[10])
+    means = []
+    for g in groups:
+        vals = [0.5 * (res.per_query[q]["p@10"] + res.per_query[q]["ndcg@10"]) for q in g if q in res.per_query]
+        if vals:
+            means.append(float(np.mean(vals)))
+    return float(np.mean(means)) if means else 0.0
 
 
 @dataclass
 class FitRow:
     weights: ScoreWeights
     result: LabelMatchResult
-
-    @property
-    def objective(self) -> float:
-        return objective(self.result)
+    objective: float
 
     def to_dict(self) -> dict:
         return {"lam": self.weights.lam, "gamma": self.weights.gamma, "mu": self.weights.mu,
@@ -106,14 +111,15 @@ class FitRow:
 
 def fit(cands: Sequence[Candidates], query_labels: dict[str, str], label_spans, req: SearchRequest,
         weights: Sequence[ScoreWeights] | None = None,
-        progress: Callable[[str, int, int], None] | None = None) -> list[FitRow]:
+        progress: Callable[[str, int, int], None] | None = None,
+        groups: Sequence[Sequence[str]] | None = None) -> list[FitRow]:
     """Every weight setting scored by label match, best first (ties: the earlier grid point, i.e. the simpler
-    one: the paper's weights come first)."""
+    one: the paper's weights come first). `groups`: see `objective`."""
     weights = list(weights) if weights is not None else grid()
     rows = []
     for i, w in enumerate(weights):
         res = evaluate_label_match(rows_for(cands, w, req), query_labels, label_spans, setting=_name(w))
-        rows.append(FitRow(w, res))
+        rows.append(FitRow(w, res, objective(res, groups)))
         if progress:
             progress("grid", i + 1, len(weights))
     order = sorted(range(len(rows)), key=lambda i: (-round(rows[i].objective, 12), i))

@@ -424,6 +424,9 @@ def train_retrieval_cmd(
     freeze_motion: bool = typer.Option(False, "--freeze-motion",
                                        help="With --init: train the text projection only; the motion encoder "
                                             "(and every motion vector) stays as the init model made it."),
+    text_noise: float = typer.Option(0.0, "--text-noise", min=0.0, max=2.0,
+                                     help="Each step moves every sentence embedding by a random vector of this "
+                                          "norm (unit embeddings; 0.5 is about a paraphrase's distance)."),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -443,7 +446,7 @@ def train_retrieval_cmd(
                          corpora=recorded if len(recorded) > 1 else None, text_variants=text_variants,
                          label_negatives=label_negatives, hard_negative_frac=hard_negatives,
                          feature_noise=feature_noise, init=str(init) if init else None,
-                         freeze_motion=freeze_motion)
+                         freeze_motion=freeze_motion, text_noise=text_noise)
     try:
         with _Bars() as bars:
             rep = train_retrieval(store, run, config, progress=bars, device=device)

@@ -87,6 +87,10 @@ class TrainConfig:
     # frozen: the motion side, and so every motion vector, stays as the init model made it).
     init: str | None = None
     freeze_motion: bool = False
+    # Text-side smoothing: each step moves every (unit) sentence embedding by a random vector of this norm and
+    # re-normalises it, so that the projection is trained on a neighbourhood of each wording (a paraphrase
+    # lands near, not on, a training wording). 0: off.
+    text_noise: float = 0.0
 
     def resolved_model(self) -> RetrievalConfig:
         return self.model or RetrievalConfig()
@@ -224,6 +228,13 @@ def label_masks(pairs: list[Pair], rows: list[int], device) -> tuple[torch.Tenso
     lab = torch.tensor([ids[x] if x is not None else -1 for x in labels], device=device)
     known = (lab[:, None] >= 0) & (lab[None, :] >= 0)
     return known, known & (lab[:, None] == lab[None, :])
+
+
+def perturb_sentences(s: torch.Tensor, radius: float) -> torch.Tensor:
+    """Unit sentence embeddings (B, D) moved by random vectors of norm `radius`, re-normalised."""
+    noise = torch.randn_like(s)
+    noise = noise * (radius / noise.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    return torch.nn.functional.normalize(s + noise, dim=1)
 
 
 def crop_span(start_s: float, end_s: float, duration_s: float, min_s: float, max_s: float,
@@ -495,6 +506,8 @@ def train_retrieval(store, run_dir: str | os.PathLike, config: TrainConfig | Non
             tids = np.array([v[rng.integers(len(v))] for v in (variant_ids[i] for i in idx)]) \
                 if config.text_variants else text_ids[idx]
             s_t = sent[torch.as_tensor(tids, device=dev)]  # (B, 384)
+            if config.text_noise > 0:
+                s_t = perturb_sentences(s_t, config.text_noise)
             if config.freeze_motion:
                 with torch.no_grad():
                     model.motion.eval()  # frozen: no dropout either

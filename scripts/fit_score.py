@@ -7,6 +7,8 @@
 1. The queries of `--split` (every annotation, or a seeded `--max-queries` sample) are localized once over
    their top-k motions (engine/fitscore.py); every (lam, gamma, mu) of the grid re-ranks them with the
    engine's Ranker and is scored by label match; the best mean of P@10 and nDCG@10 wins (ties: the paper).
+   `--fit-queries F ...`: validation (label, text) sets (e.g. eval/queries/bandai-paraphrases-val.tsv) join
+   the fit, each set weighing as much as the split's queries.
 2. The Searcher itself, with the chosen weights, must return exactly the re-ranked lists (self-check).
 3. score.json (engine/scoring.py) is written beside the localizer (or `--out`), naming the localizer and
    retrieval model it is valid for; `SearchRequest(score="fused")` then uses it.
@@ -93,11 +95,16 @@ def main(argv=None) -> int:
     ap.add_argument("--test-split", default=None, help="also compare the methods on this split")
     ap.add_argument("--test-max-queries", type=int, default=None)
     ap.add_argument("--queries", type=Path, nargs="*", default=(), help="also compare on these (label, text) sets")
+    ap.add_argument("--fit-queries", type=Path, nargs="*", default=(),
+                    help="validation (label, text) sets that join the fit, each weighing as much as the split's "
+                         "queries (e.g. eval/queries/bandai-paraphrases-val.tsv; never a test set)")
     ap.add_argument("--report", type=Path, default=None, help="write every table as JSON here")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     if args.split == "test" or args.split == args.test_split:
         ap.error("fit on a validation split, never on the split you report (--split val)")
+    if {p.resolve() for p in args.fit_queries} & {p.resolve() for p in args.queries}:
+        ap.error("a query set that joins the fit (--fit-queries) cannot also be reported (--queries)")
 
     from engine import fitscore
     from engine.evaluate import detect_label_key, label_pool, read_labelled_queries, split_queries
@@ -116,6 +123,13 @@ def main(argv=None) -> int:
     queries = {q: t for q, t in queries.items() if q in labels}
     if not queries:
         ap.error(f"no labelled annotations in split {args.split!r}")
+    groups = [list(queries)]
+    for i, path in enumerate(args.fit_queries, 1):
+        user = read_labelled_queries(path)
+        extra = {f"f{i}-{j}": t for j, (_, t) in enumerate(user, 1)}
+        queries.update(extra)
+        labels.update({f"f{i}-{j}": lab for j, (lab, _) in enumerate(user, 1)})
+        groups.append(list(extra))
     req = SearchRequest("fit", k=args.k, limit=args.limit, r_mode=args.r_mode, batch_size=args.batch_size)
     print(f"{args.index}: bank={'yes' if searcher.index.has_bank else 'no (chunks only)'}, {len(queries)} "
           f"{args.split} queries, label key {label_key!r}", flush=True)
@@ -125,7 +139,8 @@ def main(argv=None) -> int:
     weights = fitscore.grid(*(g for g in (args.lams or fitscore.LAMS, args.mus or fitscore.MUS,
                                           args.gammas or fitscore.GAMMAS)))
     t0 = time.perf_counter()
-    rows = fitscore.fit(cands, labels, spans, req, weights, progress=_progress)
+    rows = fitscore.fit(cands, labels, spans, req, weights, progress=_progress,
+                        groups=groups if len(groups) > 1 else None)
     t_fit = time.perf_counter() - t0
     best = rows[0]
     paper = next(r for r in rows if r.weights == PAPER)
@@ -145,7 +160,11 @@ def main(argv=None) -> int:
     w = best.weights
     print(f"\nchosen: lam={w.lam:g} gamma={w.gamma:g} mu={w.mu:g}")
     fit_info = {"index": str(args.index), "split": args.split, "n_queries": len(queries), "label_key": label_key,
-                "k": args.k, "r_mode": args.r_mode, "objective": "mean of label-match P@10 and nDCG@10",
+                "fit_queries": [str(p) for p in args.fit_queries],
+                "k": args.k, "r_mode": args.r_mode,
+                "objective": "mean of label-match P@10 and nDCG@10" + (
+                    ", each query set (the split's, each --fit-queries file) weighing equally" if len(groups) > 1
+                    else ""),
                 "val": best.to_dict(), "paper_val": paper.to_dict(),
                 "val_vs_paper": [d.to_dict() for d in val_diffs], "grid_size": len(rows),
                 "top": [r.to_dict() for r in rows[:20]]}

@@ -199,6 +199,15 @@ def test_fit_reranks_exactly_as_the_searcher_and_picks_the_best(bank_searcher, t
         assert fitscore.self_check(s, cands, w, req, n=6) == 0
     rows = fitscore.fit(cands, labels, spans, req, ws)
     assert [r.objective for r in rows] == sorted((r.objective for r in rows), reverse=True)
+    # query groups (the split's queries, a paraphrase set): each group's mean counts once, whatever its size
+    qids = sorted(labels)
+    groups = [qids[:1], qids[1:]]
+    grouped = fitscore.fit(cands, labels, spans, req, ws, groups=groups)
+    for r in grouped[:3]:
+        pq = r.result.per_query
+        per = [np.mean([0.5 * (pq[q]["p@10"] + pq[q]["ndcg@10"]) for q in g]) for g in groups]
+        assert r.objective == pytest.approx(float(np.mean(per)))
+    assert [r.objective for r in grouped] == sorted((r.objective for r in grouped), reverse=True)
     for r in rows[:2]:  # each row is the label match of the re-ranked lists
         want = evaluate_label_match(fitscore.rows_for(cands, r.weights, req), labels, spans)
         assert r.result.precision == want.precision and r.result.ndcg == want.ndcg

@@ -217,7 +217,7 @@ def test_label_negatives_keep_text_similar_pairs_of_other_labels():
 def test_retrieval_trains_on_a_weighted_mix_with_every_option(corpora, tmp_path):
     a, b = corpora
     cfg = TrainConfig(model=TINY, epochs=2, batch_size=8, lr=1e-3, warmup_epochs=1, text_variants=True,
-                      label_negatives=True, hard_negative_frac=0.25, feature_noise=0.05,
+                      label_negatives=True, hard_negative_frac=0.25, feature_noise=0.05, text_noise=0.3,
                       corpora=[{"path": str(a), "weight": 1.0}, {"path": str(b), "weight": 2.0}])
     with open_mix([CorpusSpec(a, 1.0), CorpusSpec(b, 2.0)]) as mix:
         pairs = collect_pairs(mix, "train", variants=True)
@@ -261,6 +261,18 @@ def test_fine_tuning_from_an_init_model_with_the_motion_encoder_frozen(corpora, 
         with pytest.raises(ValueError, match="needs an init"):
             train_retrieval(store, tmp_path / "bad2", TrainConfig(model=TINY, epochs=1, batch_size=8,
                                                                   freeze_motion=True), device="cpu")
+
+
+def test_text_noise_moves_unit_sentence_embeddings_by_the_radius():
+    from indexer.train import perturb_sentences
+
+    torch.manual_seed(0)
+    s = torch.nn.functional.normalize(torch.randn(256, 384), dim=1)
+    out = perturb_sentences(s, 0.5)
+    assert torch.allclose(out.norm(dim=1), torch.ones(256), atol=1e-5)
+    cos = (out * s).sum(1)  # a random direction is nearly orthogonal in 384-d: cos ~ 1/sqrt(1 + r^2)
+    assert abs(float(cos.mean()) - 1 / np.sqrt(1.25)) < 0.02 and float(cos.min()) > 0.75
+    assert torch.allclose(perturb_sentences(s, 0.0), s, atol=1e-6)
 
 
 def test_localizer_trains_on_a_mix_with_text_variants(corpora, tmp_path):
