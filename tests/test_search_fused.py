@@ -211,3 +211,21 @@ def test_fit_reranks_exactly_as_the_searcher_and_picks_the_best(bank_searcher, t
     for r in rows[:2]:  # each row is the label match of the re-ranked lists
         want = evaluate_label_match(fitscore.rows_for(cands, r.weights, req), labels, spans)
         assert r.result.precision == want.precision and r.result.ndcg == want.ndcg
+
+
+def test_self_check_allows_only_near_tie_swaps():
+    """fitscore.same_ranking: a swap of two near-equal scores (float32 rounding of differently batched
+    passes) is faithful; any other reorder, a missing moment or a changed span is not."""
+    from types import SimpleNamespace as M
+
+    from engine.fitscore import same_ranking
+
+    a, b, c = M(motion_id=1, start_s=0.0, end_s=2.0, score=10.0), M(motion_id=2, start_s=1.0, end_s=3.0,
+                                                                     score=5.00001), M(motion_id=3, start_s=0.0,
+                                                                                       end_s=1.0, score=5.0)
+    assert same_ranking([a, b, c], [a, b, c])
+    b2, c2 = M(**{**b.__dict__, "score": 5.0000001}), M(**{**c.__dict__, "score": 5.0000002})
+    assert same_ranking([a, b2, c2], [a, c2, b2])  # near-tie swapped
+    assert not same_ranking([a, b, c], [b, a, c])  # 10 vs 5: a real reorder
+    assert not same_ranking([a, b], [a, b, c])
+    assert not same_ranking([a, b, c], [a, b, M(**{**c.__dict__, "end_s": 1.5})])
