@@ -22,6 +22,7 @@ import torch
 
 from engine.corpus.types import Annotation, CorpusError, Motion
 from localizer.decode import seconds_to_span
+from localizer.outputs import pad_rows
 from localizer.snippets import FEATURE_DIM, motion_snippets
 
 log = logging.getLogger(__name__)
@@ -294,12 +295,7 @@ class Batch:
 
 def pad_snippets(arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack (T_i, ...) arrays into a zero-padded (B, T_max, ...) tensor and its (B, T_max) bool mask."""
-    t_max = max(a.shape[0] for a in arrays)
-    out = np.zeros((len(arrays), t_max) + arrays[0].shape[1:], dtype=np.float32)
-    mask = np.zeros((len(arrays), t_max), dtype=bool)
-    for i, a in enumerate(arrays):
-        out[i, : a.shape[0]] = a
-        mask[i, : a.shape[0]] = True
+    out, mask = pad_rows(arrays)
     return torch.from_numpy(out), torch.from_numpy(mask)
 
 

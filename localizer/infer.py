@@ -32,6 +32,7 @@ from localizer.outputs import (  # noqa: F401 (EncodedMotion, LocalizedSpan: re-
     LocalizedSpan,
     SpanDistributions,
     TokenLRU,
+    batched_distributions,
     check_max_span,
     decode_spans,
 )
@@ -131,24 +132,14 @@ class Localizer:
     def distributions(self, text: str | Sequence[str], motions: Sequence[EncodedMotion],
                       batch_size: int = 64) -> list[SpanDistributions]:
         """Start / end / highlight distributions of one sentence (or one sentence per motion) on each motion."""
-        texts = [text] * len(motions) if isinstance(text, str) else list(text)
-        if len(texts) != len(motions):
-            raise ValueError("distributions: one text, or one text per motion")
-        out: list[SpanDistributions | None] = [None] * len(motions)
-        order = sorted(range(len(motions)), key=lambda i: motions[i].n_snippets)
-        for k in range(0, len(order), batch_size):
-            chunk = order[k: k + batch_size]
-            m, m_mask = pad_snippets([motions[i].features for i in chunk])
-            q, q_mask = pad_snippets(self.texts_tokens([texts[i] for i in chunk]))
-            with autocast(self.device, self.bf16):
-                probs = self.model.localize(m.to(self.device), m_mask.to(self.device), q.to(self.device),
-                                            q_mask.to(self.device))
-            ps, pe, h = (t.float().cpu().numpy() for t in (probs.p_start, probs.p_end, probs.highlight))
-            for row, i in enumerate(chunk):
-                t = motions[i].n_snippets
-                out[i] = SpanDistributions(p_start=ps[row, :t], p_end=pe[row, :t], highlight=h[row, :t],
-                                           duration_s=motions[i].duration_s, motion_id=motions[i].motion_id)
-        return out  # type: ignore[return-value]
+        dev = self.device
+
+        def run(m, m_mask, q, q_mask):
+            with autocast(dev, self.bf16):
+                probs = self.model.localize(*(torch.from_numpy(a).to(dev) for a in (m, m_mask, q, q_mask)))
+            return tuple(t.float().cpu().numpy() for t in (probs.p_start, probs.p_end, probs.highlight))
+
+        return batched_distributions(text, motions, batch_size, self.texts_tokens, run)
 
     def localize(self, text: str | Sequence[str], motions: Sequence[EncodedMotion], top_m: int = 1,
                  nms_iou: float = 0.5, max_span_s: float | str | None = "learned",

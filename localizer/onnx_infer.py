@@ -23,9 +23,9 @@ from localizer.outputs import (
     LocalizedSpan,
     SpanDistributions,
     TokenLRU,
+    batched_distributions,
     check_max_span,
     decode_spans,
-    pad_rows,
 )
 
 INPUTS = ("motion", "motion_mask", "text", "text_mask")
@@ -87,21 +87,10 @@ class OnnxLocalizer:
                       batch_size: int = 64) -> list[SpanDistributions]:
         """Start / end / highlight distributions of one sentence (or one per motion) on each motion, in the
         padded batches `Localizer.distributions` uses."""
-        texts = [text] * len(motions) if isinstance(text, str) else list(text)
-        if len(texts) != len(motions):
-            raise ValueError("distributions: one text, or one text per motion")
-        out: list[SpanDistributions | None] = [None] * len(motions)
-        order = sorted(range(len(motions)), key=lambda i: motions[i].n_snippets)
-        for k in range(0, len(order), batch_size):
-            chunk = order[k: k + batch_size]
-            m, m_mask = pad_rows([motions[i].features for i in chunk])
-            q, q_mask = pad_rows(self.texts_tokens([texts[i] for i in chunk]))
-            ps, pe, h = self.session.run(list(OUTPUTS), dict(zip(INPUTS, (m, m_mask, q, q_mask))))
-            for row, i in enumerate(chunk):
-                t = motions[i].n_snippets
-                out[i] = SpanDistributions(p_start=ps[row, :t], p_end=pe[row, :t], highlight=h[row, :t],
-                                           duration_s=motions[i].duration_s, motion_id=motions[i].motion_id)
-        return out  # type: ignore[return-value]
+        def run(m, m_mask, q, q_mask):
+            return self.session.run(list(OUTPUTS), dict(zip(INPUTS, (m, m_mask, q, q_mask))))
+
+        return batched_distributions(text, motions, batch_size, self.texts_tokens, run)
 
     def localize(self, text: str | Sequence[str], motions: Sequence[EncodedMotion], top_m: int = 1,
                  nms_iou: float = 0.5, max_span_s: float | str | None = "learned",

@@ -86,7 +86,7 @@ class SpanDistributions:
 
 def pad_rows(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Stack (T_i, ...) arrays into a zero-padded (B, T_max, ...) float32 array and its (B, T_max) bool mask
-    (`localizer.data.pad_snippets` without the tensors)."""
+    (`localizer.data.pad_snippets` wraps it in tensors)."""
     t_max = max(a.shape[0] for a in arrays)
     out = np.zeros((len(arrays), t_max) + arrays[0].shape[1:], dtype=np.float32)
     mask = np.zeros((len(arrays), t_max), dtype=bool)
@@ -94,6 +94,31 @@ def pad_rows(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         out[i, : a.shape[0]] = a
         mask[i, : a.shape[0]] = True
     return out, mask
+
+
+RunFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def batched_distributions(text: str | Sequence[str], motions: Sequence[EncodedMotion], batch_size: int,
+                          tokens: Callable[[list[str]], list[np.ndarray]], run: RunFn) -> list[SpanDistributions]:
+    """Start / end / highlight distributions of one sentence (or one per motion) on each motion: motions of
+    similar length are padded together (`pad_rows`), `tokens(texts)` gives the sentences' token features and
+    `run(m, m_mask, q, q_mask)` the backend's (B, T) p_start, p_end, highlight as numpy arrays."""
+    texts = [text] * len(motions) if isinstance(text, str) else list(text)
+    if len(texts) != len(motions):
+        raise ValueError("distributions: one text, or one text per motion")
+    out: list[SpanDistributions | None] = [None] * len(motions)
+    order = sorted(range(len(motions)), key=lambda i: motions[i].n_snippets)
+    for k in range(0, len(order), batch_size):
+        chunk = order[k: k + batch_size]
+        m, m_mask = pad_rows([motions[i].features for i in chunk])
+        q, q_mask = pad_rows(tokens([texts[i] for i in chunk]))
+        ps, pe, h = run(m, m_mask, q, q_mask)
+        for row, i in enumerate(chunk):
+            t = motions[i].n_snippets
+            out[i] = SpanDistributions(p_start=ps[row, :t], p_end=pe[row, :t], highlight=h[row, :t],
+                                       duration_s=motions[i].duration_s, motion_id=motions[i].motion_id)
+    return out  # type: ignore[return-value]
 
 
 def check_max_span(max_span_s: float | str | None) -> None:
