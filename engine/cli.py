@@ -564,6 +564,9 @@ def train_localizer_cmd(
     recipe: str = typer.Option("today", "--recipe", help="today | official | fixed (localizer/config.py RECIPES)"),
     text_variants: bool = typer.Option(False, "--text-variants",
                                        help="Each step draws one of the moment's wordings (labelled corpora)."),
+    label_balance: float | None = typer.Option(None, "--label-balance", min=0.0, max=1.0,
+                                               help="Draw a content's moments with weight n**-B (n: its count "
+                                                    "in its corpus): 0 off, 1 every content equally often."),
     settings: list[str] = typer.Option([], "--set", help="KEY=VALUE config override, e.g. model.flip_rate=0.2 "
                                                           "(repeatable)."),
     as_json: bool = typer.Option(False, "--json"),
@@ -584,6 +587,8 @@ def train_localizer_cmd(
         over["train.text_encoder"] = text_encoder
     if text_variants:
         over["train.text_variants"] = True
+    if label_balance is not None:
+        over["train.label_balance"] = label_balance
     for item in settings:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():

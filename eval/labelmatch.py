@@ -181,3 +181,41 @@ def compare(a: LabelMatchResult, b: LabelMatchResult, metric: str = "p@10", n_bo
     vb = np.array([b.per_query[q][metric] for q in common])
     mean, lo, hi = paired_bootstrap(va, vb, n_boot=n_boot, seed=seed)
     return PairedDiff(metric=metric, a=a.setting, b=b.setting, mean=mean, lo=lo, hi=hi, n_queries=len(common))
+
+
+REPORT_METRICS = ("p@10", "ndcg@10", "ap@100")
+
+
+def _method(results: list[dict], prefix: str) -> dict | None:
+    found = [r for r in results if r["setting"].startswith(prefix)]
+    return found[0] if found else None
+
+
+def compare_reports(new: dict, old: dict, sets: list[str] | None = None, prefix: str = "engine, fused",
+                    n_boot: int = 10_000) -> list[dict]:
+    """Two models on the same queries, from two `scripts/fit_score.py --report` files (their `sets`, each
+    method's `per_query` values): one row per (query set, metric) with the mean NEW − OLD per-query
+    difference of the method whose name starts with `prefix`, and its paired-bootstrap 95% interval.
+    Raises KeyError for a set or method missing from a report, ValueError when the queries differ."""
+    names = sets or [n for n in new.get("sets", {}) if n in old.get("sets", {})]
+    rows = []
+    for name in names:
+        if name not in new.get("sets", {}) or name not in old.get("sets", {}):
+            raise KeyError(f"query set {name!r} is not in both reports")
+        a, b = _method(new["sets"][name]["results"], prefix), _method(old["sets"][name]["results"], prefix)
+        if a is None or b is None:
+            raise KeyError(f"{name}: no method starting with {prefix!r} in both reports")
+        if "per_query" not in a or "per_query" not in b:
+            raise KeyError(f"{name}: a report has no per-query values (written by an older fit_score.py)")
+        qa, qb = set(a["per_query"]), set(b["per_query"])
+        if qa != qb:
+            raise ValueError(f"{name}: the reports evaluated different queries ({len(qa ^ qb)} differ)")
+        qids = sorted(qa)
+        for m in REPORT_METRICS:
+            va = np.array([a["per_query"][q][m] for q in qids])
+            vb = np.array([b["per_query"][q][m] for q in qids])
+            mean, lo, hi = paired_bootstrap(va, vb, n_boot=n_boot)
+            rows.append({"set": name, "metric": m, "new": float(va.mean()), "old": float(vb.mean()),
+                         "diff": mean, "lo": lo, "hi": hi, "n_queries": len(qids),
+                         "new_setting": a["setting"], "old_setting": b["setting"]})
+    return rows

@@ -427,6 +427,9 @@ def train_retrieval_cmd(
     text_noise: float = typer.Option(0.0, "--text-noise", min=0.0, max=2.0,
                                      help="Each step moves every sentence embedding by a random vector of this "
                                           "norm (unit embeddings; 0.5 is about a paraphrase's distance)."),
+    label_balance: float = typer.Option(0.0, "--label-balance", min=0.0, max=1.0,
+                                        help="Draw a content's moments with weight n**-B (n: its count in its "
+                                             "corpus): 0 off, 1 every content equally often."),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -446,7 +449,8 @@ def train_retrieval_cmd(
                          corpora=recorded if len(recorded) > 1 else None, text_variants=text_variants,
                          label_negatives=label_negatives, hard_negative_frac=hard_negatives,
                          feature_noise=feature_noise, init=str(init) if init else None,
-                         freeze_motion=freeze_motion, text_noise=text_noise)
+                         freeze_motion=freeze_motion, text_noise=text_noise,
+                         label_balance=label_balance)
     try:
         with _Bars() as bars:
             rep = train_retrieval(store, run, config, progress=bars, device=device)

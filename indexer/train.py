@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from engine.corpus.io import atomic_write_text, atomic_writer
-from engine.corpus.mix import sampling_order
+from engine.corpus.mix import sampling_order, sampling_weights
 from engine.corpus.sentences import label_key, training_texts
 from engine.corpus.skeleton import FEATURE_DIM
 from engine.corpus.types import CorpusError
@@ -91,6 +91,9 @@ class TrainConfig:
     # re-normalises it, so that the projection is trained on a neighbourhood of each wording (a paraphrase
     # lands near, not on, a training wording). 0: off.
     text_noise: float = 0.0
+    # Pairs of a content weigh n ** -label_balance, n being that content's count in its corpus (0 = off, 1 =
+    # every content drawn equally often), on top of the mix's corpus weights (engine.corpus.mix.group_weights).
+    label_balance: float = 0.0
 
     def resolved_model(self) -> RetrievalConfig:
         return self.model or RetrievalConfig()
@@ -467,10 +470,8 @@ def train_retrieval(store, run_dir: str | os.PathLike, config: TrainConfig | Non
     sent = torch.as_tensor(model.text_encoder.encode(texts), dtype=torch.float32, device=dev)  # (U, 384)
     text_ids = np.array([tindex[p.text] for p in pairs])
     variant_ids = [np.array([tindex[t] for t in (p.texts or (p.text,))]) for p in pairs]
-    # The mix's sampling weights (one corpus, or no CorpusMix: every pair once per epoch).
-    probs = None
-    if len(getattr(store, "stores", ())) > 1:
-        probs = store.pair_weights([p.motion_id for p in pairs])
+    # The mix's corpus weights and the label balance (None: every pair once per epoch).
+    probs = sampling_weights(store, [p.motion_id for p in pairs], [p.label for p in pairs], config.label_balance)
     std_t = model.feature_std.detach().clone() if config.feature_noise > 0 else None
     by_family = families(pairs) if config.hard_negative_frac > 0 else None
 

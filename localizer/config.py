@@ -34,6 +34,7 @@ Any field can also be overridden (`make_config(..., overrides={"model.flip_rate"
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ class TrainConfig:
     # and the negatives' positions (CONQUER), so start / end logits become comparable across motions.
     negatives: int = 0
     text_variants: bool = False  # each step draws the pair's sentence among its wordings (labelled corpora)
+    # Pairs of a content weigh n ** -label_balance, n being that content's count in its corpus (0 = off, 1 =
+    # every content drawn equally often): rare contents are learned too (engine.corpus.mix.group_weights).
+    label_balance: float = 0.0
     weight_decay: float = 0.01  # not on biases, norms or adjacencies
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -88,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"max_span_unit must be 'auto', 'seconds' or 'fraction', got {self.max_span_unit!r}")
         if self.max_span_quantile is not None and not 0.0 < self.max_span_quantile <= 1.0:
             raise ValueError(f"max_span_quantile must lie in (0, 1], got {self.max_span_quantile}")
+        if not (math.isfinite(self.label_balance) and self.label_balance >= 0):
+            raise ValueError(f"label_balance must be a finite number >= 0, got {self.label_balance}")
         if not 0.0 <= self.align_ramp <= 1.0:
             raise ValueError(f"align_ramp must lie in [0, 1], got {self.align_ramp}")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.corpus.mix import sampling_weights
 from engine.corpus.types import Annotation, CorpusError, Motion
 from localizer.decode import seconds_to_span
 from localizer.outputs import pad_rows
@@ -53,13 +54,15 @@ class LocalizationPair:
     start_idx: int
     end_idx: int
     texts: tuple[str, ...] = ()  # other wordings of the moment (training_texts), `text` first
+    label: str | None = None  # the annotation's label key (engine.corpus.sentences.label_key), when labelled
 
 
 @dataclass
 class PairSet:
     motions: list[SnippetMotion] = field(default_factory=list)
     pairs: list[LocalizationPair] = field(default_factory=list)
-    # Sampling probabilities of the pairs (a CorpusMix's weights); None: every pair once per epoch.
+    # Sampling probabilities of the pairs (a CorpusMix's weights, the label balance); None: every pair once
+    # per epoch.
     probs: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -127,12 +130,14 @@ def make_pair(motion_index: int, sm: SnippetMotion, ann: Annotation,
         return None
     i_s, i_e = seconds_to_span(s, e, sm.n_snippets, sm.duration_s)
     texts: tuple[str, ...] = ()
-    if variants:  # training only: the wordings table is not imported on the query path
+    from engine.corpus.sentences import label_key
+
+    if variants:
         from engine.corpus.sentences import training_texts
 
         texts = tuple(training_texts(ann))
     return LocalizationPair(motion_index=motion_index, text=ann.text.strip(), start_s=s, end_s=e,
-                            start_idx=i_s, end_idx=i_e, texts=texts)
+                            start_idx=i_s, end_idx=i_e, texts=texts, label=label_key(ann))
 
 
 def pairs_from_motions(motions: Iterable[Motion], n_snippets: int, skip_bad: bool = False,
@@ -158,9 +163,11 @@ def pairs_from_motions(motions: Iterable[Motion], n_snippets: int, skip_bad: boo
     return out
 
 
-def pairs_from_store(store, split: str, n_snippets: int, skip_bad: bool = True, variants: bool = False) -> PairSet:
+def pairs_from_store(store, split: str, n_snippets: int, skip_bad: bool = True, variants: bool = False,
+                     balance: float = 0.0) -> PairSet:
     """Pairs of one split of a `CorpusStore` or `CorpusMix` (features read from the memory-mapped arrays);
-    a mix of several corpora also gives the pairs' sampling probabilities (its weights)."""
+    a mix of several corpora, or a label `balance` > 0, also gives the pairs' sampling probabilities
+    (`engine.corpus.mix.sampling_weights`)."""
 
     def motions():
         for mid in store.motion_ids(split=split):
@@ -177,14 +184,15 @@ def pairs_from_store(store, split: str, n_snippets: int, skip_bad: bool = True, 
             yield m
 
     out = pairs_from_motions(motions(), n_snippets, skip_bad=skip_bad, variants=variants)
-    if len(getattr(store, "stores", ())) > 1 and out.pairs:
-        out.probs = store.pair_weights([out.motions[p.motion_index].motion_id for p in out.pairs])
+    out.probs = sampling_weights(store, [out.motions[p.motion_index].motion_id for p in out.pairs],
+                                 [p.label for p in out.pairs], balance)
     return out
 
 
 def load_data(source, n_snippets: int, train_split: str = "train", val_split: str = "val",
-              variants: bool = False) -> LocalizerData:
-    """`source`: a LocalizerData, a CorpusStore, a corpus directory, or an iterable of Motion (split field used)."""
+              variants: bool = False, balance: float = 0.0) -> LocalizerData:
+    """`source`: a LocalizerData (returned as it is), a CorpusStore, a corpus directory, or an iterable of
+    Motion (split field used). `balance`: the training pairs' label balance (`group_weights`)."""
     if isinstance(source, LocalizerData):
         return source
     if isinstance(source, (str, Path)):
@@ -192,15 +200,17 @@ def load_data(source, n_snippets: int, train_split: str = "train", val_split: st
 
         store = CorpusStore.open(source, create=False)
         try:
-            return load_data(store, n_snippets, train_split, val_split, variants)
+            return load_data(store, n_snippets, train_split, val_split, variants, balance)
         finally:
             store.close()
     if hasattr(source, "motion_ids") and hasattr(source, "features"):
-        train = pairs_from_store(source, train_split, n_snippets, variants=variants)
+        train = pairs_from_store(source, train_split, n_snippets, variants=variants, balance=balance)
         val = pairs_from_store(source, val_split, n_snippets)
         return LocalizerData(train=train, val=val if len(val) else None)
     motions = list(source)
     train = pairs_from_motions([m for m in motions if m.split == train_split], n_snippets, variants=variants)
+    train.probs = sampling_weights(None, [train.motions[p.motion_index].motion_id for p in train.pairs],
+                                   [p.label for p in train.pairs], balance)
     val = pairs_from_motions([m for m in motions if m.split == val_split], n_snippets)
     return LocalizerData(train=train, val=val if len(val) else None)
 

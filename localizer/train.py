@@ -337,7 +337,8 @@ def train_localizer(
             stale.unlink(missing_ok=True)
     tc = config.train
 
-    data = load_data(data, config.model.n_snippets, tc.train_split, tc.val_split, tc.text_variants)
+    data = load_data(data, config.model.n_snippets, tc.train_split, tc.val_split, tc.text_variants,
+                     tc.label_balance)
     if len(data.train) == 0:
         raise ValueError(f"no training pairs (split {tc.train_split!r} has no annotated motions)")
     text_cache = _prepare_text(data, run_dir, config, text_cache)

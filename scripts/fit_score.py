@@ -187,7 +187,8 @@ def main(argv=None) -> int:
         results, diffs, info = compare_methods(searcher, qs, ls, spans, req, w, progress=_progress)
         print("\n" + _table(results, f"{name}, {len(qs)} queries (k={args.k}, {args.r_mode} r, top {args.limit})"))
         print(_diffs(diffs))
-        report["sets"][name] = {"results": [r.to_dict() for r in results], "comparisons": [d.to_dict() for d in diffs],
+        report["sets"][name] = {"results": [{**r.to_dict(), "per_query": r.per_query} for r in results],
+                                "comparisons": [d.to_dict() for d in diffs],
                                 **info}
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)

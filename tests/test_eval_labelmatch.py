@@ -8,7 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from eval.labelmatch import LabelledSpan, compare, evaluate_label_match, paired_bootstrap
+from eval.labelmatch import (
+    REPORT_METRICS,
+    LabelledSpan,
+    compare,
+    compare_reports,
+    evaluate_label_match,
+    paired_bootstrap,
+)
 from eval.runfile import RunRow
 
 
@@ -141,3 +148,31 @@ def test_cmr_eval_reports_label_match_for_split_and_user_queries(pipeline, tmp_p
     bad.write_text("text\tlabel\nx\ty\n")
     with pytest.raises(ValueError, match="label<TAB>text"):
         cmr_eval(index, tmp_path / "bad", ks=(6,), lams=(5.0,), localizer=loc_run, queries_file=bad)
+
+
+def _report(per_query: dict[str, dict[str, float]], setting: str = "engine, fused score (λ=1 γ=0.5 μ=10)") -> dict:
+    return {"sets": {"q.tsv": {"results": [{"setting": setting, "per_query": per_query},
+                                           {"setting": "sliding windows k=200", "per_query": per_query}]}}}
+
+
+def test_compare_reports_pairs_queries_across_two_models():
+    rng = np.random.default_rng(0)
+    qids = [f"u{i}" for i in range(40)]
+    old = {q: {m: float(rng.integers(0, 11)) / 10 for m in REPORT_METRICS} for q in qids}
+    new = {q: {m: min(1.0, v + 0.1 * (i % 2)) for m, v in old[q].items()} for i, q in enumerate(qids)}
+    rows = compare_reports(_report(new, "engine, fused score (λ=2 γ=1 μ=5)"), _report(old))
+    assert [r["metric"] for r in rows] == list(REPORT_METRICS)
+    for r in rows:
+        d = np.array([new[q][r["metric"]] - old[q][r["metric"]] for q in qids])
+        assert r["diff"] == pytest.approx(d.mean()) and r["lo"] <= r["diff"] <= r["hi"]
+        assert r["new"] == pytest.approx(np.mean([new[q][r["metric"]] for q in qids])) and r["n_queries"] == 40
+    assert compare_reports(_report(old), _report(old), prefix="sliding")[0]["diff"] == 0.0
+    with pytest.raises(ValueError, match="different queries"):
+        compare_reports(_report({q: new[q] for q in qids[:30]}), _report(old))
+    with pytest.raises(KeyError, match="no method"):
+        compare_reports(_report(new), _report(old), prefix="retrieval only")
+    with pytest.raises(KeyError, match="not in both"):
+        compare_reports(_report(new), _report(old), sets=["other.tsv"])
+    stale = {"sets": {"q.tsv": {"results": [{"setting": "engine, fused"}]}}}
+    with pytest.raises(KeyError, match="per-query"):
+        compare_reports(stale, _report(old))

@@ -13,7 +13,14 @@ from typer.testing import CliRunner
 
 from engine.cli import app
 from engine.corpus import augment, synth
-from engine.corpus.mix import CorpusSpec, open_mix, sampling_order
+from engine.corpus.mix import (
+    CorpusSpec,
+    group_weights,
+    label_group,
+    open_mix,
+    sampling_order,
+    sampling_weights,
+)
 from engine.corpus.sentences import label_key, training_texts
 from engine.corpus.skeleton import PARENTS
 from engine.corpus.store import CorpusStore
@@ -165,6 +172,77 @@ def test_sampling_order():
     assert abs(np.mean(draws < 2000) - 0.7) < 0.02
 
 
+def _naive_group_weights(sources, weights, groups, balance):
+    """The definition, item by item: a corpus's share, then n_g ** -balance over its items' total."""
+    present = sorted(set(sources))
+    total_w = sum(weights[s] for s in present)
+    out = []
+    for i, s in enumerate(sources):
+        mine = [j for j in range(len(sources)) if sources[j] == s]
+        def w(j):
+            return sum(1 for k in mine if groups[k] == groups[j]) ** -balance
+        out.append(weights[s] / total_w * w(i) / sum(w(j) for j in mine))
+    return np.array(out)
+
+
+def test_label_balance_weights_against_the_definition():
+    rng = np.random.default_rng(3)
+    sources = rng.integers(0, 3, 60)
+    sources[sources == 2] = 1  # corpus 2 absent: its weight is not handed out
+    groups = [str(g) if g < 4 else None for g in rng.choice(5, 60, p=[0.6, 0.2, 0.1, 0.05, 0.05])]
+    for balance in (0.0, 0.5, 1.0):
+        p = group_weights(sources, [1.0, 3.0, 5.0], groups, balance)
+        np.testing.assert_allclose(p, _naive_group_weights(sources, [1.0, 3.0, 5.0], groups, balance), rtol=1e-12)
+        assert p.sum() == pytest.approx(1.0)
+        assert p[sources == 0].sum() == pytest.approx(0.25) and p[sources == 1].sum() == pytest.approx(0.75)
+    # balance 1: every group of a corpus gets the same share of its draws; 0: every item the same
+    p = group_weights(sources, [1.0, 3.0], groups, 1.0)
+    for s in (0, 1):
+        mass = {g: p[(sources == s) & (np.array(groups, dtype=object) == g)].sum() for g in set(groups)}
+        present = [m for g, m in mass.items() if any(sources[i] == s and groups[i] == g for i in range(60))]
+        np.testing.assert_allclose(present, present[0])
+    p0 = group_weights(sources, [1.0, 3.0], groups, 0.0)
+    np.testing.assert_allclose(p0[sources == 0], p0[sources == 0][0])
+    # a rare group is drawn about as often as a common one
+    rare = group_weights(np.zeros(11, int), [1.0], ["a"] * 10 + ["b"], 1.0)
+    draws = np.concatenate([sampling_order(np.random.default_rng(i), 11, rare) for i in range(4000)])
+    assert abs(np.mean(draws == 10) - 0.5) < 0.02
+    with pytest.raises(ValueError, match=">= 0"):
+        group_weights(sources, [1.0, 1.0], groups, -1.0)
+    with pytest.raises(ValueError, match="group labels"):
+        group_weights(sources, [1.0, 1.0], groups[:3], 1.0)
+    assert label_group("wave-left-hand|happy") == "wave-left-hand" and label_group(None) is None
+
+
+def test_trainers_balance_over_contents_not_styles(corpora):
+    """The label balance groups a Bandai corpus's moments by content (style ignored, side kept), inside
+    each corpus's share of the mix, for both trainers."""
+    from localizer.data import load_data
+
+    a, b = corpora
+    with open_mix([CorpusSpec(a, 1.0), CorpusSpec(b, 1.0)]) as mix, CorpusStore.open(b, create=False) as sb:
+        pairs = collect_pairs(mix, "train")
+        mids, labels = [p.motion_id for p in pairs], [p.label for p in pairs]
+        p = sampling_weights(mix, mids, labels, 1.0)
+        in_b = np.array([mix.source_of(m)[0] == 1 for m in mids])
+        contents = np.array([label_group(lb) or "" for lb in labels], dtype=object)
+        share = {c: p[in_b & (contents == c)].sum() for c in set(contents[in_b])}
+        assert set(share) == {"wave-left-hand", "wave-right-hand", "walk"}
+        np.testing.assert_allclose(list(share.values()), 0.5 / 3)
+        np.testing.assert_allclose(p, mix.pair_weights(mids, [label_group(lb) for lb in labels], 1.0))
+        assert sampling_weights(sb, [p.motion_id for p in collect_pairs(sb, "train")],
+                                [p.label for p in collect_pairs(sb, "train")], 0.0) is None
+        data = load_data(mix, 16, balance=1.0)
+        lp = data.train.probs
+        lb_in_b = np.array([mix.source_of(data.train.motions[q.motion_index].motion_id)[0] == 1
+                            for q in data.train.pairs])
+        lcontent = np.array([label_group(q.label) or "" for q in data.train.pairs], dtype=object)
+        np.testing.assert_allclose([lp[lb_in_b & (lcontent == c)].sum() for c in share], 0.5 / 3)
+        single = load_data(sb, 16, balance=1.0).train
+        assert single.probs is not None and single.probs.sum() == pytest.approx(1.0)
+        assert load_data(sb, 16).train.probs is None
+
+
 # ---------------------------------------------------------------------------------------------- sentences
 def test_training_texts_vary_but_never_use_the_evaluation_paraphrases():
     ann = Annotation("a person waves the left hand, looking happy", 0, 1,
@@ -218,7 +296,7 @@ def test_retrieval_trains_on_a_weighted_mix_with_every_option(corpora, tmp_path)
     a, b = corpora
     cfg = TrainConfig(model=TINY, epochs=2, batch_size=8, lr=1e-3, warmup_epochs=1, text_variants=True,
                       label_negatives=True, hard_negative_frac=0.25, feature_noise=0.05, text_noise=0.3,
-                      corpora=[{"path": str(a), "weight": 1.0}, {"path": str(b), "weight": 2.0}])
+                      label_balance=1.0, corpora=[{"path": str(a), "weight": 1.0}, {"path": str(b), "weight": 2.0}])
     with open_mix([CorpusSpec(a, 1.0), CorpusSpec(b, 2.0)]) as mix:
         pairs = collect_pairs(mix, "train", variants=True)
         assert any(len(p.texts) > 1 for p in pairs) and any(p.label and "|" in p.label for p in pairs)
@@ -288,7 +366,8 @@ def test_localizer_trains_on_a_mix_with_text_variants(corpora, tmp_path):
         assert all(v.text in (p.texts or (p.text,)) for v, p in zip(view.pairs, data.train.pairs))
         assert any(v.text != p.text for v, p in zip(view.pairs, data.train.pairs))
         cfg = make_config("tiny", "mlpbase", {"train.epochs": 1, "train.time_budget_min": None,
-                                              "train.text_variants": True, "train.batch_size": 8})
+                                              "train.text_variants": True, "train.batch_size": 8,
+                                              "train.label_balance": 1.0})
         res = train_localizer(mix, tmp_path / "loc", cfg)
     assert res.steps >= 1 and (tmp_path / "loc" / "best.pt").exists()
 
@@ -299,14 +378,16 @@ def test_cli_mixes_corpora_for_both_trainers(corpora, tmp_path):
     r = runner.invoke(app, ["train", "retrieval", "--corpus", str(a), "--corpus", f"{b}:2", "--run",
                             str(tmp_path / "r"), "--epochs", "1", "--batch-size", "8", "--d-model", "16",
                             "--layers", "1", "--arch", "window", "--text-variants", "--label-negatives",
-                            "--device", "cpu", "--json"])
+                            "--label-balance", "1", "--device", "cpu", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["corpora"][1] == {"path": str(b), "weight": 2.0}
+    rcfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert rcfg["corpora"][1] == {"path": str(b), "weight": 2.0} and rcfg["label_balance"] == 1.0
     r = runner.invoke(app, ["train", "retrieval", "--corpus", str(a), "--corpus", str(tmp_path / "nope"),
                             "--run", str(tmp_path / "r2"), "--epochs", "1"])
     assert r.exit_code == 2 and "no such corpus" in r.output
     r = runner.invoke(app, ["train", "localizer", "--corpus", str(a), "--corpus", f"{b}:0.5", "--run",
                             str(tmp_path / "l"), "--preset", "tiny", "--variant", "mlpbase", "--epochs", "1",
-                            "--text-variants", "--json"])
+                            "--text-variants", "--label-balance", "0.5", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "l" / "config.json").read_text())["train"]["text_variants"] is True
+    train_cfg = json.loads((tmp_path / "l" / "config.json").read_text())["train"]
+    assert train_cfg["text_variants"] is True and train_cfg["label_balance"] == 0.5

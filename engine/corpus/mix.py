@@ -98,15 +98,12 @@ class CorpusMix:
         si, mid = self.source_of(motion_id)
         return self.stores[si].joints(mid)
 
-    def pair_weights(self, motion_ids: Sequence[int]) -> np.ndarray:
+    def pair_weights(self, motion_ids: Sequence[int], groups: Sequence[str | None] | None = None,
+                     balance: float = 0.0) -> np.ndarray:
         """Sampling probabilities of training items given by their motions' global ids: each corpus gets
-        its weight's share of the draws, spread evenly over its items; sums to 1."""
+        its weight's share of the draws, spread over its items as `group_weights` says; sums to 1."""
         src = np.array([self.source_of(g)[0] for g in motion_ids], dtype=np.int64)
-        counts = np.bincount(src, minlength=len(self.stores)).astype(np.float64)
-        w = np.array(self.weights)
-        present = counts > 0
-        share = np.where(present, w, 0.0) / w[present].sum()
-        return share[src] / counts[src]
+        return group_weights(src, self.weights, groups, balance)
 
     def close(self) -> None:
         for s in self.stores:
@@ -134,6 +131,52 @@ def open_mix(specs: Sequence[CorpusSpec], url: str | None = None) -> CorpusMix:
             s.close()
         raise
     return CorpusMix(stores, [sp.weight for sp in specs], [str(sp.path) for sp in specs])
+
+
+def label_group(label: str | None) -> str | None:
+    """The part of a label key (`engine.corpus.sentences.label_key`) that sampling balances over: the
+    content with its side, without the style ('wave-left-hand|happy' -> 'wave-left-hand'), or the action."""
+    return None if label is None else label.split("|")[0]
+
+
+def group_weights(sources: np.ndarray, weights: Sequence[float], groups: Sequence[str | None] | None = None,
+                  balance: float = 0.0) -> np.ndarray:
+    """Sampling probabilities of n items (sums to 1). `sources[i]`: the corpus of item i, whose share of the
+    draws is its `weights` entry over the present corpora' total. Within a corpus an item weighs
+    `n_g ** -balance`, n_g being how many of that corpus's items share its group (`groups[i]`; items with
+    None form one group): 0 spreads a corpus evenly over its items, 1 gives each group an equal share, so a
+    content with 10 takes is drawn as often as one with 200."""
+    sources = np.asarray(sources, dtype=np.int64)
+    if balance < 0 or not np.isfinite(balance):
+        raise ValueError(f"label balance must be a finite number >= 0, got {balance!r}")
+    if groups is not None and len(groups) != len(sources):
+        raise ValueError(f"{len(groups)} group labels for {len(sources)} items")
+    counts = np.bincount(sources, minlength=len(weights)).astype(np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    present = counts > 0
+    share = np.where(present, w, 0.0) / w[present].sum()
+    item = np.ones(len(sources))
+    if groups is not None and balance > 0:
+        keys = [(int(s), g) for s, g in zip(sources, groups)]
+        size: dict[tuple[int, str | None], int] = {}
+        for k in keys:
+            size[k] = size.get(k, 0) + 1
+        item = np.array([size[k] ** -balance for k in keys])
+    mass = np.bincount(sources, weights=item, minlength=len(weights))
+    return share[sources] * item / mass[sources]
+
+
+def sampling_weights(store, motion_ids: Sequence[int], labels: Sequence[str | None],
+                     balance: float = 0.0) -> np.ndarray | None:
+    """The trainers' sampling probabilities of their items (motion ids, label keys): a mix's corpus weights
+    and the label balance (`group_weights`); None when neither applies (every item once per epoch)."""
+    is_mix = len(getattr(store, "stores", ())) > 1
+    if not motion_ids or (not is_mix and balance == 0):
+        return None
+    groups = [label_group(lb) for lb in labels]
+    if is_mix:
+        return store.pair_weights(motion_ids, groups, balance)
+    return group_weights(np.zeros(len(motion_ids), dtype=np.int64), [1.0], groups, balance)
 
 
 def sampling_order(rng: np.random.Generator, n: int, probs: np.ndarray | None) -> np.ndarray:
