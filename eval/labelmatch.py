@@ -176,11 +176,18 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 10_000, seed: i
 def compare(a: LabelMatchResult, b: LabelMatchResult, metric: str = "p@10", n_boot: int = 10_000,
             seed: int = 0) -> PairedDiff:
     """Paired bootstrap of `metric` between two runs over the queries both evaluated."""
-    common = sorted(set(a.per_query) & set(b.per_query))
-    va = np.array([a.per_query[q][metric] for q in common])
-    vb = np.array([b.per_query[q][metric] for q in common])
+    va, vb = paired_values(a.per_query, b.per_query, metric)
     mean, lo, hi = paired_bootstrap(va, vb, n_boot=n_boot, seed=seed)
-    return PairedDiff(metric=metric, a=a.setting, b=b.setting, mean=mean, lo=lo, hi=hi, n_queries=len(common))
+    return PairedDiff(metric=metric, a=a.setting, b=b.setting, mean=mean, lo=lo, hi=hi, n_queries=len(va))
+
+
+def paired_values(a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mapping[str, float]],
+                  metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two runs' per-query values of `metric` (query_id -> {metric: value}) over the queries both hold,
+    in query-id order."""
+    common = sorted(set(a) & set(b))
+    return (np.array([a[q][metric] for q in common], dtype=np.float64),
+            np.array([b[q][metric] for q in common], dtype=np.float64))
 
 
 REPORT_METRICS = ("p@10", "ndcg@10", "ap@100")
@@ -210,12 +217,10 @@ def compare_reports(new: dict, old: dict, sets: list[str] | None = None, prefix:
         qa, qb = set(a["per_query"]), set(b["per_query"])
         if qa != qb:
             raise ValueError(f"{name}: the reports evaluated different queries ({len(qa ^ qb)} differ)")
-        qids = sorted(qa)
         for m in REPORT_METRICS:
-            va = np.array([a["per_query"][q][m] for q in qids])
-            vb = np.array([b["per_query"][q][m] for q in qids])
+            va, vb = paired_values(a["per_query"], b["per_query"], m)
             mean, lo, hi = paired_bootstrap(va, vb, n_boot=n_boot)
             rows.append({"set": name, "metric": m, "new": float(va.mean()), "old": float(vb.mean()),
-                         "diff": mean, "lo": lo, "hi": hi, "n_queries": len(qids),
+                         "diff": mean, "lo": lo, "hi": hi, "n_queries": len(va),
                          "new_setting": a["setting"], "old_setting": b["setting"]})
     return rows

@@ -2,7 +2,7 @@
 --report` files (one per model pair), with paired-bootstrap 95% intervals.
 
     python scripts/compare_reports.py NEW.json OLD.json [--set eval/queries/bandai-paraphrases-val.tsv]
-        [--setting fused] [--json]
+        [--setting 'engine, fused'] [--json]
 
 For every query set both reports hold (or `--set`), and each method (`--setting`: a prefix of the
 method's name, e.g. 'engine, fused', 'sliding'), it prints NEW − OLD on P@10, nDCG@10 and AP@100 over the
